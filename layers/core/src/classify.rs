@@ -459,6 +459,7 @@ pin_project! {
     /// the end-of-stream verdict if it was already at its end (a body nobody needed to poll).
     pub struct ClassifyBody<B, E, F>
     where
+        B: Body,
         E: ClassifyEos,
         F: FnOnce(Outcome),
     {
@@ -469,21 +470,24 @@ pin_project! {
 
     impl<B, E, F> PinnedDrop for ClassifyBody<B, E, F>
     where
+        B: Body,
         E: ClassifyEos,
         F: FnOnce(Outcome),
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some((eos, report)) = this.pending.take() {
-                // `B` is not required to be `Body` here; an unpolled body reports `Ignored`.
-                let _ = eos;
-                report(Outcome::Ignored);
+                if this.inner.is_end_stream() {
+                    report(eos.classify_eos(None));
+                } else {
+                    report(Outcome::Ignored);
+                }
             }
         }
     }
 }
 
-impl<B, E: ClassifyEos, F: FnOnce(Outcome)> ClassifyBody<B, E, F> {
+impl<B: Body, E: ClassifyEos, F: FnOnce(Outcome)> ClassifyBody<B, E, F> {
     /// A body whose verdict is finished by `eos` and reported to `report`.
     pub fn deferred(inner: B, eos: E, report: F) -> Self {
         ClassifyBody {
@@ -508,7 +512,7 @@ impl<B, E: ClassifyEos, F: FnOnce(Outcome)> ClassifyBody<B, E, F> {
 
 impl<B, E, F> fmt::Debug for ClassifyBody<B, E, F>
 where
-    B: fmt::Debug,
+    B: Body + fmt::Debug,
     E: ClassifyEos,
     F: FnOnce(Outcome),
 {

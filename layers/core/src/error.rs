@@ -488,7 +488,9 @@ impl<'a> Rejection<'a> {
     /// The gRPC status code this rejection maps to.
     pub fn grpc_code(&self) -> GrpcCode {
         match self {
-            Rejection::RateLimited(_) | Rejection::PayloadTooLarge(_) => GrpcCode::ResourceExhausted,
+            Rejection::RateLimited(_) | Rejection::PayloadTooLarge(_) => {
+                GrpcCode::ResourceExhausted
+            }
             Rejection::CircuitOpen(_)
             | Rejection::Overloaded(_)
             | Rejection::Shed(_)
@@ -625,18 +627,78 @@ mod tests {
     #[test]
     fn every_marker_maps() {
         let cases: Vec<(BoxError, u16, GrpcCode, &str)> = vec![
-            (RateLimited::new(Duration::ZERO).into(), 429, GrpcCode::ResourceExhausted, "rate-limited"),
-            (CircuitOpen::new(None).into(), 503, GrpcCode::Unavailable, "circuit-open"),
-            (Overloaded::new().into(), 503, GrpcCode::Unavailable, "overloaded"),
-            (Elapsed::new(Duration::from_secs(1)).into(), 504, GrpcCode::DeadlineExceeded, "timeout"),
-            (Shed::new("critical").into(), 503, GrpcCode::Unavailable, "shed"),
-            (ReadOnly::new().into(), 503, GrpcCode::Unavailable, "read-only"),
-            (MissingIdempotencyKey::new().into(), 400, GrpcCode::InvalidArgument, "idempotency-key-missing"),
-            (InvalidIdempotencyKey::new("too long").into(), 400, GrpcCode::InvalidArgument, "idempotency-key-invalid"),
-            (IdempotencyConflict::new(None).into(), 409, GrpcCode::Aborted, "idempotency-conflict"),
-            (IdempotencyMismatch::new().into(), 422, GrpcCode::FailedPrecondition, "idempotency-mismatch"),
-            (PayloadTooLarge::new(1024).into(), 413, GrpcCode::ResourceExhausted, "payload-too-large"),
-            (KeyError::missing("header x-tenant-id").into(), 400, GrpcCode::InvalidArgument, "invalid-key"),
+            (
+                RateLimited::new(Duration::ZERO).into(),
+                429,
+                GrpcCode::ResourceExhausted,
+                "rate-limited",
+            ),
+            (
+                CircuitOpen::new(None).into(),
+                503,
+                GrpcCode::Unavailable,
+                "circuit-open",
+            ),
+            (
+                Overloaded::new().into(),
+                503,
+                GrpcCode::Unavailable,
+                "overloaded",
+            ),
+            (
+                Elapsed::new(Duration::from_secs(1)).into(),
+                504,
+                GrpcCode::DeadlineExceeded,
+                "timeout",
+            ),
+            (
+                Shed::new("critical").into(),
+                503,
+                GrpcCode::Unavailable,
+                "shed",
+            ),
+            (
+                ReadOnly::new().into(),
+                503,
+                GrpcCode::Unavailable,
+                "read-only",
+            ),
+            (
+                MissingIdempotencyKey::new().into(),
+                400,
+                GrpcCode::InvalidArgument,
+                "idempotency-key-missing",
+            ),
+            (
+                InvalidIdempotencyKey::new("too long").into(),
+                400,
+                GrpcCode::InvalidArgument,
+                "idempotency-key-invalid",
+            ),
+            (
+                IdempotencyConflict::new(None).into(),
+                409,
+                GrpcCode::Aborted,
+                "idempotency-conflict",
+            ),
+            (
+                IdempotencyMismatch::new().into(),
+                422,
+                GrpcCode::FailedPrecondition,
+                "idempotency-mismatch",
+            ),
+            (
+                PayloadTooLarge::new(1024).into(),
+                413,
+                GrpcCode::ResourceExhausted,
+                "payload-too-large",
+            ),
+            (
+                KeyError::missing("header x-tenant-id").into(),
+                400,
+                GrpcCode::InvalidArgument,
+                "invalid-key",
+            ),
         ];
         for (err, status, code, slug) in cases {
             let r = Rejection::find(&*err).unwrap_or_else(|| panic!("{err} not found"));
@@ -651,7 +713,10 @@ mod tests {
     #[test]
     fn display_mentions_the_retry_hint() {
         let e = Shed::new("degraded").with_retry_after(Duration::from_secs(5));
-        assert_eq!(e.to_string(), "request shed at degradation level degraded (retry after 5s)");
+        assert_eq!(
+            e.to_string(),
+            "request shed at degradation level degraded (retry after 5s)"
+        );
         assert_eq!(ReadOnly::new().to_string(), "service is read-only");
     }
 }

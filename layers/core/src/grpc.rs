@@ -98,7 +98,8 @@ impl GrpcCode {
     /// The wire value as it is written in a `grpc-status` header: `"0"` … `"16"`.
     pub fn as_header_str(self) -> &'static str {
         const STR: [&str; 17] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+            "16",
         ];
         STR[self as usize]
     }
@@ -193,7 +194,10 @@ mod tests {
     fn parses_header_values() {
         assert_eq!(GrpcCode::from_header(b"0"), Some(GrpcCode::Ok));
         assert_eq!(GrpcCode::from_header(b"14"), Some(GrpcCode::Unavailable));
-        assert_eq!(GrpcCode::from_header(b"16"), Some(GrpcCode::Unauthenticated));
+        assert_eq!(
+            GrpcCode::from_header(b"16"),
+            Some(GrpcCode::Unauthenticated)
+        );
         assert_eq!(GrpcCode::from_header(b"17"), Some(GrpcCode::Unknown));
         assert_eq!(GrpcCode::from_header(b"99999999999"), None);
         assert_eq!(GrpcCode::from_header(b""), None);
@@ -205,7 +209,10 @@ mod tests {
     fn round_trips_every_code() {
         for (i, code) in GrpcCode::ALL.iter().enumerate() {
             assert_eq!(code.as_i32(), i as i32);
-            assert_eq!(GrpcCode::from_header(code.as_header_str().as_bytes()), Some(*code));
+            assert_eq!(
+                GrpcCode::from_header(code.as_header_str().as_bytes()),
+                Some(*code)
+            );
         }
     }
 
@@ -218,6 +225,9 @@ mod tests {
         assert!(!GrpcCodes::all_errors().contains(GrpcCode::Ok));
         assert!(GrpcCodes::all_errors().contains(GrpcCode::Unauthenticated));
         let t: GrpcCodes = [GrpcCode::Aborted].into_iter().collect();
-        assert!(t.contains(GrpcCode::Aborted) && !t.without(GrpcCode::Aborted).contains(GrpcCode::Aborted));
+        assert!(
+            t.contains(GrpcCode::Aborted)
+                && !t.without(GrpcCode::Aborted).contains(GrpcCode::Aborted)
+        );
     }
 }

@@ -40,7 +40,6 @@ use std::str::FromStr;
 use http::header::{HeaderName, HeaderValue};
 use http::Request;
 
-
 /// Extracts a key from a request.
 ///
 /// Implemented for every `http::Request<B>` by the ready extractors, and for any request type by
@@ -107,7 +106,10 @@ impl KeyError {
     }
 
     /// The key is malformed; `reason` names the rule it broke.
-    pub fn invalid(from: impl Into<Cow<'static, str>>, reason: impl Into<Cow<'static, str>>) -> Self {
+    pub fn invalid(
+        from: impl Into<Cow<'static, str>>,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Self {
         KeyError {
             kind: KeyErrorKind::Invalid(reason.into()),
             from: from.into(),
@@ -130,7 +132,11 @@ impl fmt::Display for KeyError {
         match &self.kind {
             KeyErrorKind::Missing => write!(f, "missing key: {} is not present", self.from),
             KeyErrorKind::TooLong { len, max } => {
-                write!(f, "invalid key: {} is {len} bytes, over the limit of {max}", self.from)
+                write!(
+                    f,
+                    "invalid key: {} is {len} bytes, over the limit of {max}",
+                    self.from
+                )
             }
             KeyErrorKind::Invalid(reason) => write!(f, "invalid key: {} {reason}", self.from),
         }
@@ -196,7 +202,10 @@ impl<B> KeyExtractor<Request<B>> for HeaderKey {
             .next()
             .ok_or_else(|| KeyError::missing(self.from.clone()))?;
         if values.next().is_some() {
-            return Err(KeyError::invalid(self.from.clone(), "appears more than once"));
+            return Err(KeyError::invalid(
+                self.from.clone(),
+                "appears more than once",
+            ));
         }
         validate_token(value.as_bytes(), self.max_len, &self.from)?;
         Ok(value.clone())
@@ -259,9 +268,10 @@ where
     type Key = T;
 
     fn extract(&self, req: &Request<B>) -> Result<T, KeyError> {
-        req.extensions().get::<T>().cloned().ok_or_else(|| {
-            KeyError::missing(format!("extension `{}`", std::any::type_name::<T>()))
-        })
+        req.extensions()
+            .get::<T>()
+            .cloned()
+            .ok_or_else(|| KeyError::missing(format!("extension `{}`", std::any::type_name::<T>())))
     }
 }
 
@@ -281,7 +291,9 @@ fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
         return Some(*addr);
     }
     #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(addr)) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
         return Some(*addr);
     }
     ext.get::<SocketAddr>().copied()
@@ -380,9 +392,9 @@ impl<B> KeyExtractor<Request<B>> for ClientIp {
         let mut leftmost = peer;
         let mut hops = 0usize;
         for value in req.headers().get_all(XFF).iter().rev() {
-            let value = value
-                .to_str()
-                .map_err(|_| KeyError::invalid(XFF_FROM, "must contain only visible ASCII characters"))?;
+            let value = value.to_str().map_err(|_| {
+                KeyError::invalid(XFF_FROM, "must contain only visible ASCII characters")
+            })?;
             for hop in value.rsplit(',') {
                 let hop = hop.trim();
                 if hop.is_empty() {
@@ -418,7 +430,10 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
             return None;
         }
-        return inside.parse::<Ipv6Addr>().ok().map(|ip| IpAddr::V6(ip).to_canonical());
+        return inside
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
     }
     let (ip, port) = hop.rsplit_once(':')?;
     if !valid_port(port) {
@@ -458,7 +473,9 @@ impl IpNet {
     /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses are compared as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => u32::from(ip) & mask32(self.prefix) == u32::from(net),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.prefix) == u32::from(net)
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 u128::from(ip) & mask128(self.prefix) == u128::from(net)
             }

@@ -1,0 +1,40 @@
+//! # palisade
+//!
+//! Resilience for Rust services as a stack of [Tower](https://docs.rs/tower) middleware: circuit breaker,
+//! per-tenant rate limit, bulkhead, timeout, idempotency key, fallback, degradation gate, retry and fault
+//! injection, sharing one [`Health`] handle and one [`Audit`] handle.
+//!
+//! This crate is the umbrella: it re-exports [`palisade_core`] (the shared vocabulary every layer crate
+//! speaks) and holds what sits outside the individual layers, starting with [`rescue`] — the outermost
+//! layer that turns every rejection into a proper HTTP response or gRPC status, so a stack's error type
+//! is `Infallible` and it goes straight into `axum::Router::layer`.
+//!
+//! ```
+//! use palisade::rescue::RescueLayer;
+//! use palisade::error::{BoxError, RateLimited};
+//! use std::time::Duration;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // An inner layer refused the request...
+//! let inner = service_fn(|_req: http::Request<String>| async {
+//!     Err::<http::Response<String>, BoxError>(RateLimited::new(Duration::from_secs(2)).into())
+//! });
+//! // ...and rescue answers for it.
+//! let svc = RescueLayer::new().layer(inner);
+//! let res = svc.oneshot(http::Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), 429);
+//! assert_eq!(res.headers()["retry-after"], "2");
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! # }
+//! ```
+//!
+//! [`Health`]: health::Health
+//! [`Audit`]: audit::Audit
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod rescue;
+
+pub use palisade_core::{audit, classify, error, grpc, health, key, BoxError, Rejection};
