@@ -207,26 +207,28 @@ impl<B> KeyExtractor<Request<B>> for HeaderKey {
                 "appears more than once",
             ));
         }
-        validate_token(value.as_bytes(), self.max_len, &self.from)?;
+        self.validate(value.as_bytes())?;
         Ok(value.clone())
     }
 }
 
-/// Checks a key: 1 to `max_len` bytes of visible ASCII.
-fn validate_token(bytes: &[u8], max_len: usize, from: &Cow<'static, str>) -> Result<(), KeyError> {
-    if bytes.is_empty() {
-        return Err(KeyError::invalid(from.clone(), "is empty"));
+impl HeaderKey {
+    /// Checks a key: 1 to `max_len` bytes of visible ASCII.
+    fn validate(&self, bytes: &[u8]) -> Result<(), KeyError> {
+        if bytes.is_empty() {
+            return Err(KeyError::invalid(self.from.clone(), "is empty"));
+        }
+        if bytes.len() > self.max_len {
+            return Err(KeyError::too_long(self.from.clone(), bytes.len(), self.max_len));
+        }
+        if !bytes.iter().all(|b| matches!(b, 0x21..=0x7E)) {
+            return Err(KeyError::invalid(
+                self.from.clone(),
+                "must contain only visible ASCII characters",
+            ));
+        }
+        Ok(())
     }
-    if bytes.len() > max_len {
-        return Err(KeyError::too_long(from.clone(), bytes.len(), max_len));
-    }
-    if !bytes.iter().all(|b| matches!(b, 0x21..=0x7E)) {
-        return Err(KeyError::invalid(
-            from.clone(),
-            "must contain only visible ASCII characters",
-        ));
-    }
-    Ok(())
 }
 
 /// The key is a request extension of type `T`, inserted by an earlier layer (e.g. authentication).

@@ -220,7 +220,7 @@ fn malformed_and_overlong_chains_are_errors() {
     let req = req_from("10.0.0.2:1", &["1.2.3.4:99999"]);
     assert!(k.extract(&req).is_err());
 
-    let long = vec!["10.0.0.9"; 5].join(",");
+    let long = ["10.0.0.9"; 5].join(",");
     let req = req_from("10.0.0.2:1", &[long.as_str()]);
     let err = k.extract(&req).unwrap_err();
     assert!(err.to_string().contains("more than 4 hops"), "{err}");
