@@ -38,3 +38,8 @@
 pub mod rescue;
 
 pub use palisade_core::{audit, classify, error, grpc, health, key, BoxError, Rejection};
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

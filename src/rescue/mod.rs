@@ -234,28 +234,14 @@ pub fn problem_response<B>(
     type_base: &str,
 ) -> Response<RescueBody<B>> {
     let rejection = Rejection::find(err);
-    let (status, body) = match &rejection {
-        Some(r) => {
-            let status = r.http_status();
-            (
-                status,
-                problem_json(
-                    &format!("{type_base}{}", r.slug()),
-                    r.title(),
-                    status,
-                    Some(r),
-                ),
-            )
-        }
+    let status = match &rejection {
+        Some(r) => r.http_status(),
         None => {
             log_unknown(err);
-            let status = StatusCode::INTERNAL_SERVER_ERROR;
-            (
-                status,
-                problem_json("about:blank", "Internal Server Error", status, None),
-            )
+            StatusCode::INTERNAL_SERVER_ERROR
         }
     };
+    let body = problem_json(type_base, status, rejection.as_ref());
     let mut res = Response::new(RescueBody::full(body));
     *res.status_mut() = status;
     let headers = res.headers_mut();
@@ -278,19 +264,53 @@ pub fn problem_response<B>(
     res
 }
 
-/// The problem body. `detail` is the rejection's message; unknown errors get none.
-fn problem_json(ty: &str, title: &str, status: StatusCode, r: Option<&Rejection<'_>>) -> Bytes {
-    let mut obj = serde_json::Map::new();
-    obj.insert("type".into(), ty.into());
-    obj.insert("title".into(), title.into());
-    obj.insert("status".into(), status.as_u16().into());
+/// The problem body, written straight into one buffer (a rate-limited flood makes this a hot path).
+/// `detail` is the rejection's message; unknown errors get `about:blank` and no detail.
+fn problem_json(type_base: &str, status: StatusCode, r: Option<&Rejection<'_>>) -> Bytes {
+    let mut out = String::with_capacity(224);
+    out.push_str("{\"type\":\"");
+    match r {
+        Some(r) => {
+            let _ = write!(JsonStr(&mut out), "{type_base}{}", r.slug());
+        }
+        None => out.push_str("about:blank"),
+    }
+    out.push_str("\",\"title\":\"");
+    let title = r.map_or("Internal Server Error", Rejection::title);
+    let _ = JsonStr(&mut out).write_str(title);
+    let _ = write!(out, "\",\"status\":{}", status.as_u16());
     if let Some(r) = r {
-        obj.insert("detail".into(), r.to_string().into());
+        out.push_str(",\"detail\":\"");
+        let _ = write!(JsonStr(&mut out), "{r}");
+        out.push('"');
         if let Some(after) = r.retry_after() {
-            obj.insert("retry_after_ms".into(), saturating_ms(after).into());
+            let _ = write!(out, ",\"retry_after_ms\":{}", saturating_ms(after));
         }
     }
-    Bytes::from(serde_json::Value::Object(obj).to_string())
+    out.push('}');
+    Bytes::from(out)
+}
+
+/// Writes into a JSON string literal (without the quotes), escaping as RFC 8259 requires.
+struct JsonStr<'a>(&'a mut String);
+
+impl fmt::Write for JsonStr<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(self.0, "\\u{:04x}", u32::from(c));
+                }
+                c => self.0.push(c),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whole seconds, rounded up: a client told `Retry-After: 0` for 300 ms would retry too early.
@@ -483,6 +503,27 @@ mod tests {
     fn grpc_message_is_percent_encoded() {
         assert_eq!(percent_encode("rate limit 100%"), "rate limit 100%25");
         assert_eq!(percent_encode("caf\u{e9}\n"), "caf%C3%A9%0A");
+    }
+
+    #[test]
+    fn problem_json_escapes_and_parses() {
+        let err = palisade_core::error::InvalidIdempotencyKey::new(
+            "no \"quotes\", \\, \n or \u{1} allowed: caf\u{e9}",
+        );
+        let res = problem_response::<()>(&err, "urn:x:");
+        let RescueBody {
+            kind: Kind::Rescued { data: Some(body) },
+        } = res.into_body()
+        else {
+            panic!("a rescued body");
+        };
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["type"], "urn:x:idempotency-key-invalid");
+        assert_eq!(json["title"], "Invalid Idempotency-Key");
+        assert_eq!(json["status"], 400);
+        assert_eq!(json["detail"], format!("{err}"));
+        assert!(json.get("retry_after_ms").is_none());
+        assert_eq!(json.as_object().unwrap().len(), 4);
     }
 
     #[test]

@@ -219,7 +219,11 @@ impl HeaderKey {
             return Err(KeyError::invalid(self.from.clone(), "is empty"));
         }
         if bytes.len() > self.max_len {
-            return Err(KeyError::too_long(self.from.clone(), bytes.len(), self.max_len));
+            return Err(KeyError::too_long(
+                self.from.clone(),
+                bytes.len(),
+                self.max_len,
+            ));
         }
         if !bytes.iter().all(|b| matches!(b, 0x21..=0x7E)) {
             return Err(KeyError::invalid(
