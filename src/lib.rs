@@ -37,7 +37,17 @@
 
 pub mod rescue;
 
-pub use palisade_core::{audit, classify, error, grpc, health, key, BoxError, Rejection};
+pub use palisade_core::{audit, classify, error, grpc, health, key, rng, BoxError, Rejection};
+
+/// The circuit breaker layer: [`palisade_breaker`].
+#[cfg(feature = "breaker")]
+pub use palisade_breaker as breaker;
+/// The retry layer: [`palisade_retry`].
+#[cfg(feature = "retry")]
+pub use palisade_retry as retry;
+/// The timeout layer: [`palisade_timeout`].
+#[cfg(feature = "timeout")]
+pub use palisade_timeout as timeout;
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

@@ -26,6 +26,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod key;
+pub mod rng;
 mod time;
 
 pub use error::{BoxError, Rejection};
