@@ -449,6 +449,21 @@ impl<Res, C: Classify<Res>> Classify<Res> for SlowCalls<C> {
     }
 }
 
+/// Receives a call's [`Outcome`] once it is known; implemented by every `FnOnce(Outcome)` closure.
+///
+/// Layers implement it on a named type (closures cannot be named in a response body type) that
+/// holds what they need to record the outcome.
+pub trait OnOutcome {
+    /// The call's outcome, reported exactly once.
+    fn on_outcome(self, outcome: Outcome);
+}
+
+impl<F: FnOnce(Outcome)> OnOutcome for F {
+    fn on_outcome(self, outcome: Outcome) {
+        self(outcome)
+    }
+}
+
 pin_project! {
     /// A response body that reports the call's [`Outcome`] exactly once, when it is known.
     ///
@@ -461,7 +476,7 @@ pin_project! {
     where
         B: Body,
         E: ClassifyEos,
-        F: FnOnce(Outcome),
+        F: OnOutcome,
     {
         #[pin]
         inner: B,
@@ -472,22 +487,22 @@ pin_project! {
     where
         B: Body,
         E: ClassifyEos,
-        F: FnOnce(Outcome),
+        F: OnOutcome,
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some((eos, report)) = this.pending.take() {
                 if this.inner.is_end_stream() {
-                    report(eos.classify_eos(None));
+                    report.on_outcome(eos.classify_eos(None));
                 } else {
-                    report(Outcome::Ignored);
+                    report.on_outcome(Outcome::Ignored);
                 }
             }
         }
     }
 }
 
-impl<B: Body, E: ClassifyEos, F: FnOnce(Outcome)> ClassifyBody<B, E, F> {
+impl<B: Body, E: ClassifyEos, F: OnOutcome> ClassifyBody<B, E, F> {
     /// A body whose verdict is finished by `eos` and reported to `report`.
     pub fn deferred(inner: B, eos: E, report: F) -> Self {
         ClassifyBody {
@@ -514,7 +529,7 @@ impl<B, E, F> fmt::Debug for ClassifyBody<B, E, F>
 where
     B: Body + fmt::Debug,
     E: ClassifyEos,
-    F: FnOnce(Outcome),
+    F: OnOutcome,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClassifyBody")
@@ -529,7 +544,7 @@ where
     B: Body,
     B::Error: Error + 'static,
     E: ClassifyEos,
-    F: FnOnce(Outcome),
+    F: OnOutcome,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -548,11 +563,11 @@ where
             };
             if let Some(trailers) = finished {
                 if let Some((eos, report)) = this.pending.take() {
-                    report(eos.classify_eos(trailers));
+                    report.on_outcome(eos.classify_eos(trailers));
                 }
             } else if let Some(Err(err)) = frame {
                 if let Some((eos, report)) = this.pending.take() {
-                    report(eos.classify_body_error(err));
+                    report.on_outcome(eos.classify_body_error(err));
                 }
             }
         }
