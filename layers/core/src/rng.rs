@@ -159,6 +159,9 @@ mod tests {
 
     #[test]
     fn entropy_differs() {
-        assert_ne!(Rng::from_entropy().next_u64(), Rng::from_entropy().next_u64());
+        assert_ne!(
+            Rng::from_entropy().next_u64(),
+            Rng::from_entropy().next_u64()
+        );
     }
 }

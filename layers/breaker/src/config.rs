@@ -1,0 +1,400 @@
+//! The builder: every knob of a breaker, validated once in `build()`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_core::audit::Audit;
+use palisade_core::classify::Grpc;
+use palisade_core::health::{ComponentKind, Health};
+use palisade_core::rng::SharedRng;
+
+use crate::machine::Thresholds;
+use crate::shared::{Circuit, Common, Keyed};
+use crate::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
+
+/// A breaker configuration that cannot work, named by the setting that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    setting: &'static str,
+    problem: Cow<'static, str>,
+}
+
+impl BuildError {
+    fn new(setting: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
+        BuildError {
+            setting,
+            problem: problem.into(),
+        }
+    }
+
+    /// The setting that is wrong, e.g. `"failure_rate"`.
+    pub fn setting(&self) -> &str {
+        self.setting
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid circuit breaker setting `{}`: {}",
+            self.setting, self.problem
+        )
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Builds a [`CircuitBreakerLayer`] (or, with [`keyed`](Builder::keyed), a keyed one).
+///
+/// Defaults: trip at a 50 % failure rate over the last 100 calls once at least 20 calls were seen; wait
+/// 2 s before probing, doubling with each consecutive trip up to 60 s, plus up to 10 % jitter; 1 probe,
+/// which closes the circuit when it succeeds; leave HalfOpen after 30 s if the probes never finish;
+/// classify with [`Grpc`] (HTTP 5xx, gRPC server-error codes in headers or trailers, every `Err`).
+#[derive(Debug, Clone)]
+pub struct Builder<C = Grpc> {
+    name: Cow<'static, str>,
+    classifier: C,
+    consecutive_failures: u32,
+    failure_rate: Option<f64>,
+    slow: Option<(Duration, f64)>,
+    window_calls: Option<u32>,
+    window_time: Option<Duration>,
+    minimum_calls: u32,
+    probes: u32,
+    successes_to_close: Option<u32>,
+    wait_base: Duration,
+    wait_max: Duration,
+    jitter: f64,
+    half_open_max_wait: Duration,
+    health: Option<Health>,
+    audit: Audit,
+    seed: Option<u64>,
+    max_keys: usize,
+    idle_timeout: Duration,
+}
+
+impl Default for Builder<Grpc> {
+    fn default() -> Self {
+        Builder {
+            name: Cow::Borrowed("default"),
+            classifier: Grpc::new(),
+            consecutive_failures: 0,
+            failure_rate: Some(0.5),
+            slow: None,
+            window_calls: None,
+            window_time: None,
+            minimum_calls: 20,
+            probes: 1,
+            successes_to_close: None,
+            wait_base: Duration::from_secs(2),
+            wait_max: Duration::from_secs(60),
+            jitter: 0.1,
+            half_open_max_wait: Duration::from_secs(30),
+            health: None,
+            audit: Audit::disabled(),
+            seed: None,
+            max_keys: 10_000,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Builder<Grpc> {
+    /// A builder with the defaults above.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<C> Builder<C> {
+    /// Names the breaker: the health component is `breaker.<name>` and audit records carry it.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Classifies outcomes with `classifier` (see `palisade_core::classify`).
+    pub fn classify<C2>(self, classifier: C2) -> Builder<C2> {
+        Builder {
+            name: self.name,
+            classifier,
+            consecutive_failures: self.consecutive_failures,
+            failure_rate: self.failure_rate,
+            slow: self.slow,
+            window_calls: self.window_calls,
+            window_time: self.window_time,
+            minimum_calls: self.minimum_calls,
+            probes: self.probes,
+            successes_to_close: self.successes_to_close,
+            wait_base: self.wait_base,
+            wait_max: self.wait_max,
+            jitter: self.jitter,
+            half_open_max_wait: self.half_open_max_wait,
+            health: self.health,
+            audit: self.audit,
+            seed: self.seed,
+            max_keys: self.max_keys,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// Trips after `n` consecutive failures (0 turns this strategy off). Combines with the rates.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// Trips when the failure rate in a window reaches `rate` (0.0–1.0].
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.failure_rate = Some(rate);
+        self
+    }
+
+    /// Judges no failure rate (use with [`consecutive_failures`](Self::consecutive_failures) or the
+    /// slow-call rate alone).
+    pub fn no_failure_rate(mut self) -> Self {
+        self.failure_rate = None;
+        self
+    }
+
+    /// Counts calls taking at least `threshold` as slow, and trips when the slow-call rate in a window
+    /// reaches `rate`. Measuring latency costs two clock reads per call.
+    pub fn slow_call_rate(mut self, threshold: Duration, rate: f64) -> Self {
+        self.slow = Some((threshold, rate));
+        self
+    }
+
+    /// Judges the rates over the last `n` calls (count-based sliding window).
+    pub fn window_calls(mut self, n: u32) -> Self {
+        self.window_calls = Some(n);
+        self
+    }
+
+    /// Judges the rates over the last `window` (time-based sliding window of one-second buckets; at
+    /// least 1 s, at most 1 h). Costs a clock read per call.
+    pub fn window_time(mut self, window: Duration) -> Self {
+        self.window_time = Some(window);
+        self
+    }
+
+    /// Rates are judged only once a window holds at least `n` calls.
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.minimum_calls = n;
+        self
+    }
+
+    /// How many probe calls HalfOpen lets through at once.
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.probes = n;
+        self
+    }
+
+    /// How many successful probes close the circuit (default: [`half_open_probes`](Self::half_open_probes)).
+    pub fn successes_to_close(mut self, n: u32) -> Self {
+        self.successes_to_close = Some(n);
+        self
+    }
+
+    /// The wait in Open before the first probe: `base`, doubling with each consecutive trip, up to `max`.
+    pub fn open_wait(mut self, base: Duration, max: Duration) -> Self {
+        self.wait_base = base;
+        self.wait_max = max;
+        self
+    }
+
+    /// Adds up to `fraction` × the wait at random (0.0–1.0; default 0.1), so many breakers that opened
+    /// together do not all probe at once.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// How long HalfOpen waits for its probes before giving up and opening again.
+    pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
+        self.half_open_max_wait = wait;
+        self
+    }
+
+    /// Reports to `health`: a readiness component `breaker.<name>`, degraded while open.
+    pub fn health(mut self, health: &Health) -> Self {
+        self.health = Some(health.clone());
+        self
+    }
+
+    /// Records every transition, with the numbers that caused it, in `audit`.
+    pub fn audit(mut self, audit: &Audit) -> Self {
+        self.audit = audit.clone();
+        self
+    }
+
+    /// Seeds the jitter (for reproducible tests).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Keyed mode: the most keys tracked at once (default 10,000). See [`keyed`](Self::keyed).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// Keyed mode: a key's breaker is forgotten after this long unused, if it is closed (default 10 min).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    fn thresholds(&self) -> Result<Thresholds, BuildError> {
+        let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
+        if let Some(r) = self.failure_rate {
+            if !rate_ok(r) {
+                return Err(BuildError::new(
+                    "failure_rate",
+                    format!("{r} is not in (0, 1]"),
+                ));
+            }
+        }
+        if let Some((threshold, r)) = self.slow {
+            if !rate_ok(r) {
+                return Err(BuildError::new(
+                    "slow_call_rate",
+                    format!("rate {r} is not in (0, 1]"),
+                ));
+            }
+            if threshold.is_zero() {
+                return Err(BuildError::new(
+                    "slow_call_rate",
+                    "the slow-call threshold must be above zero",
+                ));
+            }
+        }
+        if self.consecutive_failures == 0 && self.failure_rate.is_none() && self.slow.is_none() {
+            return Err(BuildError::new(
+                "consecutive_failures",
+                "no trip strategy: set consecutive_failures, failure_rate or slow_call_rate",
+            ));
+        }
+        if self.window_calls == Some(0) {
+            return Err(BuildError::new("window_calls", "a window of 0 calls"));
+        }
+        if let Some(w) = self.window_time {
+            if w < Duration::from_secs(1) || w > Duration::from_secs(3600) {
+                return Err(BuildError::new(
+                    "window_time",
+                    format!("{w:?} is not between 1 s and 1 h"),
+                ));
+            }
+        }
+        if self.probes == 0 || self.probes > 1000 {
+            return Err(BuildError::new(
+                "half_open_probes",
+                "must be between 1 and 1000",
+            ));
+        }
+        let successes = self.successes_to_close.unwrap_or(self.probes);
+        if successes == 0 || successes > 60_000 {
+            return Err(BuildError::new(
+                "successes_to_close",
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.wait_base.is_zero() || self.wait_max < self.wait_base {
+            return Err(BuildError::new(
+                "open_wait",
+                "base must be above zero and max at least base",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(BuildError::new(
+                "jitter",
+                format!("{} is not in [0, 1]", self.jitter),
+            ));
+        }
+        if self.half_open_max_wait.is_zero() {
+            return Err(BuildError::new("half_open_max_wait", "must be above zero"));
+        }
+        Ok(Thresholds {
+            consecutive_failures: self.consecutive_failures,
+            failure_rate: self.failure_rate,
+            slow_call_rate: self.slow.map(|(_, r)| r),
+            minimum_calls: self.minimum_calls.max(1),
+            probes: self.probes,
+            successes_to_close: successes,
+            wait_base: nanos(self.wait_base),
+            wait_max: nanos(self.wait_max),
+            half_open_max_wait: nanos(self.half_open_max_wait),
+        })
+    }
+
+    /// The windows the rates are judged over: the ones set, or the last 100 calls if a rate needs one.
+    fn windows(&self) -> (Option<u32>, Option<u32>) {
+        let needs = self.failure_rate.is_some() || self.slow.is_some();
+        let time = self.window_time.map(|w| w.as_secs() as u32);
+        let calls = match (self.window_calls, time) {
+            (Some(n), _) => Some(n),
+            (None, None) if needs => Some(100),
+            _ => None,
+        };
+        (calls, time)
+    }
+
+    fn common(self, keyed: bool) -> Result<Arc<Common<C>>, BuildError> {
+        let thresholds = self.thresholds()?;
+        let windows = self.windows();
+        if keyed && self.max_keys == 0 {
+            return Err(BuildError::new("max_keys", "must be at least 1"));
+        }
+        let component = self
+            .health
+            .as_ref()
+            .map(|h| h.register(format!("breaker.{}", self.name), ComponentKind::Readiness));
+        Ok(Arc::new(Common::new(
+            self.name,
+            self.classifier,
+            thresholds,
+            windows,
+            self.slow.map(|(d, _)| d),
+            self.jitter,
+            component,
+            self.audit,
+            self.seed
+                .map_or_else(SharedRng::from_entropy, SharedRng::seeded),
+            self.max_keys,
+            self.idle_timeout,
+        )))
+    }
+
+    /// Builds the layer. Its state is shared by every service it wraps (every route, every clone).
+    pub fn build(self) -> Result<CircuitBreakerLayer<C>, BuildError> {
+        let common = self.common(false)?;
+        Ok(CircuitBreakerLayer::from_circuit(Arc::new(Circuit::new(
+            common, None,
+        ))))
+    }
+
+    /// Builds a keyed layer: one breaker per key from `extractor` (per downstream host, per tenant), so
+    /// one key's failures open only its own circuit.
+    ///
+    /// Memory is bounded: at most [`max_keys`](Self::max_keys) breakers; closed breakers unused for
+    /// [`idle_timeout`](Self::idle_timeout) are evicted when room is needed. When every slot holds a
+    /// breaker that is open or recently used, new keys share one **overflow** breaker (documented,
+    /// counted in [`KeyedBreakerHandle::overflowed`](crate::KeyedBreakerHandle::overflowed)). Requests
+    /// whose key cannot be extracted use a shared **default** breaker.
+    ///
+    /// `extractor` is a [`KeyExtractor`](palisade_core::key::KeyExtractor) for the requests the layer
+    /// will see.
+    pub fn keyed<K>(self, extractor: K) -> Result<KeyedCircuitBreakerLayer<C, K>, BuildError> {
+        let common = self.common(true)?;
+        Ok(KeyedCircuitBreakerLayer::from_keyed(Arc::new(Keyed::new(
+            common, extractor,
+        ))))
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,323 @@
+//! Handles: read and steer breakers from admin code and tests. Synchronous, cheap to clone.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::machine;
+use crate::shared::{mode_name, state_name, Circuit, Keyed};
+
+/// Where a circuit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls are refused until the wait ends.
+    Open,
+    /// A limited number of probe calls pass.
+    HalfOpen,
+}
+
+/// How an operator has set a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The breaker works on its own.
+    Normal,
+    /// Every call is refused (state `Open`) until [`BreakerHandle::force_closed`] or `reset`.
+    ForcedOpen,
+    /// Every call passes; outcomes are still counted; no transitions.
+    Disabled,
+    /// The breaker counts and transitions (and reports them) but never refuses a call.
+    MetricsOnly,
+}
+
+/// A snapshot of a circuit's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Counts {
+    /// Calls in the count-based window (or the time window if there is no count window).
+    pub window_calls: u32,
+    /// Failures among them.
+    pub window_failures: u32,
+    /// Slow calls among them.
+    pub window_slow: u32,
+    /// Failures in a row, as of now.
+    pub consecutive_failures: u32,
+    /// Calls refused since the breaker was built or reset.
+    pub rejected: u64,
+    /// Consecutive trips without a successful close (drives the growing wait).
+    pub trips: u32,
+    /// Probe slots held right now (HalfOpen).
+    pub probes_in_flight: u32,
+}
+
+/// The operations a handle needs, without the classifier's type.
+trait Control: Send + Sync {
+    fn word(&self) -> u64;
+    fn counts(&self) -> Counts;
+    fn open_remaining(&self) -> Option<Duration>;
+    fn force(&self, state: u64, mode: u64, why: &'static str);
+    fn clear_rejected(&self);
+    fn name(&self) -> String;
+}
+
+impl<C: Send + Sync> Control for Circuit<C> {
+    fn word(&self) -> u64 {
+        self.machine.word()
+    }
+
+    fn counts(&self) -> Counts {
+        let m = &self.machine;
+        let stats = m
+            .calls_window
+            .as_ref()
+            .map(|w| w.stats())
+            .or_else(|| {
+                m.time_window
+                    .as_ref()
+                    .map(|w| w.stats(self.common.now() / 1_000_000_000))
+            })
+            .unwrap_or_default();
+        Counts {
+            window_calls: stats.calls,
+            window_failures: stats.failures,
+            window_slow: stats.slow,
+            consecutive_failures: m.consecutive_failures(),
+            rejected: self.rejected(),
+            trips: m.trips(),
+            probes_in_flight: machine::inflight_of(m.word()),
+        }
+    }
+
+    fn open_remaining(&self) -> Option<Duration> {
+        self.machine
+            .open_remaining(self.common.now())
+            .map(Duration::from_nanos)
+    }
+
+    fn force(&self, state: u64, mode: u64, why: &'static str) {
+        let tr = self.machine.force(state, mode, why);
+        self.publish(tr);
+    }
+
+    fn clear_rejected(&self) {
+        Circuit::clear_rejected(self);
+    }
+
+    fn name(&self) -> String {
+        self.common.name.to_string()
+    }
+}
+
+/// A handle to one circuit.
+#[derive(Clone)]
+pub struct BreakerHandle {
+    circuit: Arc<dyn Control>,
+}
+
+impl BreakerHandle {
+    pub(crate) fn new<C: Send + Sync + 'static>(circuit: Arc<Circuit<C>>) -> Self {
+        BreakerHandle { circuit }
+    }
+
+    /// The circuit's state. A forced-open breaker is `Open`; disabled and metrics-only ones report the
+    /// state they track.
+    pub fn state(&self) -> CircuitState {
+        match machine::state_of(self.circuit.word()) {
+            machine::CLOSED => CircuitState::Closed,
+            machine::OPEN => CircuitState::Open,
+            _ => CircuitState::HalfOpen,
+        }
+    }
+
+    /// The operator mode.
+    pub fn mode(&self) -> Mode {
+        match machine::mode_of(self.circuit.word()) {
+            machine::NORMAL => Mode::Normal,
+            machine::FORCED_OPEN => Mode::ForcedOpen,
+            machine::DISABLED => Mode::Disabled,
+            _ => Mode::MetricsOnly,
+        }
+    }
+
+    /// The circuit's numbers.
+    pub fn counts(&self) -> Counts {
+        self.circuit.counts()
+    }
+
+    /// Time until the next probe, if the circuit is open on its own (not forced).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.circuit.open_remaining()
+    }
+
+    /// Refuse every call until [`force_closed`](Self::force_closed) or [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.circuit
+            .force(machine::OPEN, machine::FORCED_OPEN, "force_open");
+    }
+
+    /// Close the circuit now and return to normal operation (windows cleared).
+    pub fn force_closed(&self) {
+        self.circuit
+            .force(machine::CLOSED, machine::NORMAL, "force_closed");
+    }
+
+    /// Like [`force_closed`](Self::force_closed), and also zero the counters.
+    pub fn reset(&self) {
+        self.circuit.clear_rejected();
+        self.circuit
+            .force(machine::CLOSED, machine::NORMAL, "reset");
+    }
+
+    /// Let every call pass, still counting outcomes, with no transitions.
+    pub fn disable(&self) {
+        self.circuit
+            .force(machine::CLOSED, machine::DISABLED, "disable");
+    }
+
+    /// Count and transition (and report transitions) but never refuse a call: a dry run.
+    pub fn metrics_only(&self) {
+        self.circuit
+            .force(machine::CLOSED, machine::METRICS_ONLY, "metrics_only");
+    }
+}
+
+impl fmt::Debug for BreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.circuit.word();
+        f.debug_struct("BreakerHandle")
+            .field("name", &self.circuit.name())
+            .field("state", &state_name(machine::state_of(w)))
+            .field("mode", &mode_name(machine::mode_of(w)))
+            .finish()
+    }
+}
+
+trait KeyedControl: Send + Sync {
+    fn get(&self, hash: u64) -> Option<BreakerHandle>;
+    fn hash_of(&self, key: &dyn HashKey) -> u64;
+    fn len(&self) -> usize;
+    fn overflowed(&self) -> u64;
+    fn open_circuits(&self) -> usize;
+    fn default(&self) -> BreakerHandle;
+    fn overflow(&self) -> BreakerHandle;
+    fn all(&self) -> Vec<BreakerHandle>;
+}
+
+/// Object-safe hashing of a key of any type.
+trait HashKey {
+    fn hash_with(&self, state: &mut dyn std::hash::Hasher);
+}
+
+impl<T: Hash> HashKey for T {
+    fn hash_with(&self, mut state: &mut dyn std::hash::Hasher) {
+        self.hash(&mut state);
+    }
+}
+
+impl<C: Send + Sync + 'static, K: Send + Sync> KeyedControl for Keyed<C, K> {
+    fn get(&self, hash: u64) -> Option<BreakerHandle> {
+        Keyed::get(self, hash).map(BreakerHandle::new)
+    }
+
+    fn hash_of(&self, key: &dyn HashKey) -> u64 {
+        struct Via<'a>(&'a dyn HashKey);
+        impl Hash for Via<'_> {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash_with(state);
+            }
+        }
+        self.hash(&Via(key))
+    }
+
+    fn len(&self) -> usize {
+        Keyed::len(self)
+    }
+
+    fn overflowed(&self) -> u64 {
+        Keyed::overflowed(self)
+    }
+
+    fn open_circuits(&self) -> usize {
+        self.common.open_circuits()
+    }
+
+    fn default(&self) -> BreakerHandle {
+        BreakerHandle::new(self.default.clone())
+    }
+
+    fn overflow(&self) -> BreakerHandle {
+        BreakerHandle::new(self.overflow.clone())
+    }
+
+    fn all(&self) -> Vec<BreakerHandle> {
+        let mut v = Vec::new();
+        self.for_each(|c| v.push(BreakerHandle::new(c.clone())));
+        v
+    }
+}
+
+/// A handle to the circuits of a keyed breaker.
+#[derive(Clone)]
+pub struct KeyedBreakerHandle {
+    keyed: Arc<dyn KeyedControl>,
+}
+
+impl KeyedBreakerHandle {
+    pub(crate) fn new<C: Send + Sync + 'static, K: Send + Sync + 'static>(
+        keyed: Arc<Keyed<C, K>>,
+    ) -> Self {
+        KeyedBreakerHandle { keyed }
+    }
+
+    /// The circuit of `key`, if it is tracked. `key` must be of the extractor's key type (a
+    /// `HeaderValue` for `HeaderKey`, an `IpAddr` for `ClientIp`, ...): keys are matched by hash.
+    pub fn get<Q: Hash>(&self, key: &Q) -> Option<BreakerHandle> {
+        self.keyed.get(self.keyed.hash_of(key))
+    }
+
+    /// How many keys are tracked.
+    pub fn len(&self) -> usize {
+        self.keyed.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many requests for new keys went to the overflow circuit because the map was full.
+    pub fn overflowed(&self) -> u64 {
+        self.keyed.overflowed()
+    }
+
+    /// How many circuits are not closed.
+    pub fn open_circuits(&self) -> usize {
+        self.keyed.open_circuits()
+    }
+
+    /// The circuit of requests whose key could not be extracted.
+    pub fn default_circuit(&self) -> BreakerHandle {
+        self.keyed.default()
+    }
+
+    /// The circuit shared by new keys while the map is full.
+    pub fn overflow_circuit(&self) -> BreakerHandle {
+        self.keyed.overflow()
+    }
+
+    /// Every circuit (tracked keys, then default and overflow).
+    pub fn circuits(&self) -> Vec<BreakerHandle> {
+        self.keyed.all()
+    }
+}
+
+impl fmt::Debug for KeyedBreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBreakerHandle")
+            .field("keys", &self.len())
+            .field("open", &self.open_circuits())
+            .finish()
+    }
+}

@@ -1,0 +1,1140 @@
+//! The breaker's state machine: one atomic word, lock-free windows, no clock of its own.
+//!
+//! Everything a call needs to be admitted lives in one `AtomicU64`:
+//!
+//! ```text
+//! bits  0..2   circuit state   Closed = 0, Open = 1, HalfOpen = 2
+//! bits  2..4   mode            Normal = 0, ForcedOpen = 1, Disabled = 2, MetricsOnly = 3
+//! bits  4..32  generation      bumped by every transition (wraps; 2^28 transitions apart is no ABA risk)
+//! bits 32..48  probes in flight (HalfOpen)
+//! bits 48..64  probe successes (HalfOpen)
+//! ```
+//!
+//! Admission in Closed is one load. Probe slots are taken and given back with compare-and-swap on the
+//! same word, so a transition (which resets the probe fields and bumps the generation) and a probe
+//! acquisition can never interleave: at most `probes` calls hold a slot in one HalfOpen generation.
+//! Every admitted call remembers the generation it was admitted in; an outcome from an older generation
+//! is ignored, so a slow call admitted while Closed cannot close a later HalfOpen.
+//!
+//! The machine takes the current time as an argument (nanoseconds since the breaker was built), which
+//! keeps it free of clocks: the service reads `tokio::time::Instant` only where a state needs it, and
+//! the loom tests drive it with plain numbers.
+
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+pub(crate) const CLOSED: u64 = 0;
+pub(crate) const OPEN: u64 = 1;
+pub(crate) const HALF_OPEN: u64 = 2;
+
+pub(crate) const NORMAL: u64 = 0;
+pub(crate) const FORCED_OPEN: u64 = 1;
+pub(crate) const DISABLED: u64 = 2;
+pub(crate) const METRICS_ONLY: u64 = 3;
+
+const STATE_MASK: u64 = 0b11;
+const MODE_SHIFT: u32 = 2;
+const MODE_MASK: u64 = 0b11 << MODE_SHIFT;
+const GEN_SHIFT: u32 = 4;
+const GEN_MASK: u64 = ((1 << 28) - 1) << GEN_SHIFT;
+const INFLIGHT_SHIFT: u32 = 32;
+const INFLIGHT_ONE: u64 = 1 << INFLIGHT_SHIFT;
+const SUCC_SHIFT: u32 = 48;
+const SUCC_ONE: u64 = 1 << SUCC_SHIFT;
+
+pub(crate) fn state_of(w: u64) -> u64 {
+    w & STATE_MASK
+}
+pub(crate) fn mode_of(w: u64) -> u64 {
+    (w & MODE_MASK) >> MODE_SHIFT
+}
+pub(crate) fn gen_of(w: u64) -> u32 {
+    ((w & GEN_MASK) >> GEN_SHIFT) as u32
+}
+pub(crate) fn inflight_of(w: u64) -> u32 {
+    ((w >> INFLIGHT_SHIFT) & 0xFFFF) as u32
+}
+pub(crate) fn successes_of(w: u64) -> u32 {
+    (w >> SUCC_SHIFT) as u32
+}
+
+/// A word in `state` and `mode`, one generation after `w`, with no probes.
+fn next(w: u64, state: u64, mode: u64) -> u64 {
+    let gen = (u64::from(gen_of(w)) + 1) << GEN_SHIFT & GEN_MASK;
+    state | mode << MODE_SHIFT | gen
+}
+
+/// What a call is, once admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A call in Closed (or any call while Disabled): its outcome feeds the windows.
+    Normal,
+    /// A HalfOpen probe holding a slot.
+    Probe,
+    /// MetricsOnly let it through although the circuit is open: counted, never a probe.
+    Shadow,
+}
+
+/// The decision on one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Admit {
+        role: Role,
+        gen: u32,
+    },
+    /// Refused; the time until the next probe when known (nanoseconds).
+    Reject {
+        retry_after: Option<u64>,
+    },
+}
+
+/// A state change the caller must publish (tracing, health, audit).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Transition {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) mode: u64,
+    pub(crate) reason: Reason,
+    /// For transitions to Open: how long until the next probe (nanoseconds).
+    pub(crate) wait: Option<u64>,
+}
+
+/// Why a transition happened, with the numbers behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Reason {
+    ConsecutiveFailures {
+        failures: u32,
+    },
+    FailureRate {
+        window: WindowKind,
+        rate: f64,
+        calls: u32,
+        failures: u32,
+    },
+    SlowCallRate {
+        window: WindowKind,
+        rate: f64,
+        calls: u32,
+        slow: u32,
+    },
+    WaitElapsed,
+    ProbeFailed,
+    ProbesSucceeded {
+        successes: u32,
+    },
+    HalfOpenTimedOut,
+    Manual(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WindowKind {
+    Calls(u32),
+    Seconds(u32),
+}
+
+/// An outcome as the machine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) failure: bool,
+    pub(crate) slow: bool,
+    pub(crate) ignored: bool,
+}
+
+impl Recorded {
+    #[cfg(test)]
+    pub(crate) const SUCCESS: Recorded = Recorded {
+        failure: false,
+        slow: false,
+        ignored: false,
+    };
+    #[cfg(test)]
+    pub(crate) const FAILURE: Recorded = Recorded {
+        failure: true,
+        slow: false,
+        ignored: false,
+    };
+    pub(crate) const IGNORED: Recorded = Recorded {
+        failure: false,
+        slow: false,
+        ignored: true,
+    };
+
+    fn bad(self) -> bool {
+        self.failure || self.slow
+    }
+}
+
+/// Thresholds, fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct Thresholds {
+    /// Trip after this many consecutive failures (0 = off).
+    pub(crate) consecutive_failures: u32,
+    /// Trip when the failure rate in a window reaches this (None = off).
+    pub(crate) failure_rate: Option<f64>,
+    /// Trip when the slow-call rate in a window reaches this (None = off).
+    pub(crate) slow_call_rate: Option<f64>,
+    /// Rates are judged only over at least this many calls.
+    pub(crate) minimum_calls: u32,
+    /// Probe slots in HalfOpen.
+    pub(crate) probes: u32,
+    /// Probe successes that close the circuit.
+    pub(crate) successes_to_close: u32,
+    /// Open wait: base and cap (nanoseconds); doubles with each consecutive trip.
+    pub(crate) wait_base: u64,
+    pub(crate) wait_max: u64,
+    /// Leave HalfOpen (back to Open) when probes have not settled it after this long (nanoseconds).
+    pub(crate) half_open_max_wait: u64,
+}
+
+impl Thresholds {
+    /// The wait before the `trips`-th consecutive trip's first probe (1-based), before jitter.
+    pub(crate) fn wait(&self, trips: u32) -> u64 {
+        let doublings = trips.saturating_sub(1).min(63);
+        self.wait_base
+            .saturating_mul(1u64 << doublings)
+            .min(self.wait_max)
+    }
+}
+
+/// One breaker's state.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    word: AtomicU64,
+    /// When Open ends (ns). Written before the transition to Open is published.
+    open_until: AtomicU64,
+    /// When HalfOpen began (ns). Written before the transition to HalfOpen is published.
+    half_open_since: AtomicU64,
+    /// Consecutive trips without a successful close; drives the growing wait.
+    trips: AtomicU32,
+    consecutive: AtomicU32,
+    pub(crate) calls_window: Option<CountWindow>,
+    pub(crate) time_window: Option<TimeWindow>,
+}
+
+impl Machine {
+    pub(crate) fn new(calls_window: Option<u32>, time_window_secs: Option<u32>) -> Self {
+        Machine {
+            word: AtomicU64::new(0),
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            trips: AtomicU32::new(0),
+            consecutive: AtomicU32::new(0),
+            calls_window: calls_window.map(CountWindow::new),
+            time_window: time_window_secs.map(TimeWindow::new),
+        }
+    }
+
+    pub(crate) fn word(&self) -> u64 {
+        self.word.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn trips(&self) -> u32 {
+        self.trips.load(Ordering::Relaxed)
+    }
+
+    /// Time until the next probe, if Open.
+    pub(crate) fn open_remaining(&self, now: u64) -> Option<u64> {
+        let w = self.word();
+        (state_of(w) == OPEN && mode_of(w) != FORCED_OPEN)
+            .then(|| self.open_until.load(Ordering::Acquire).saturating_sub(now))
+    }
+
+    /// The hot path: Closed in Normal mode is one load and no clock.
+    #[inline]
+    pub(crate) fn try_fast_admit(&self) -> Option<u32> {
+        let w = self.word.load(Ordering::Acquire);
+        (w & (STATE_MASK | MODE_MASK) == 0).then(|| gen_of(w))
+    }
+
+    /// Decides on one call. `now` is read only if the state needs it; `jitter` is asked for extra wait
+    /// only when this call re-opens the circuit. Returns the transitions this call caused.
+    pub(crate) fn admit(
+        &self,
+        t: &Thresholds,
+        now: &mut impl FnMut() -> u64,
+        jitter: &mut impl FnMut(u64) -> u64,
+        transitions: &mut Vec<Transition>,
+    ) -> Admission {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let mode = mode_of(w);
+            match (mode, state_of(w)) {
+                (FORCED_OPEN, _) => return Admission::Reject { retry_after: None },
+                (DISABLED, _) | (_, CLOSED) => {
+                    return Admission::Admit {
+                        role: Role::Normal,
+                        gen: gen_of(w),
+                    }
+                }
+                (_, OPEN) => {
+                    let now = now();
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return if mode == METRICS_ONLY {
+                            Admission::Admit {
+                                role: Role::Shadow,
+                                gen: gen_of(w),
+                            }
+                        } else {
+                            Admission::Reject {
+                                retry_after: Some(until - now),
+                            }
+                        };
+                    }
+                    // The wait is over: this call may open the half-open door.
+                    self.half_open_since.store(now, Ordering::Release);
+                    let new = next(w, HALF_OPEN, mode);
+                    match self
+                        .word
+                        .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => {
+                            transitions.push(Transition {
+                                from: OPEN,
+                                to: HALF_OPEN,
+                                mode,
+                                reason: Reason::WaitElapsed,
+                                wait: None,
+                            });
+                            w = new;
+                        }
+                        Err(actual) => w = actual,
+                    }
+                }
+                (_, _half_open) => {
+                    if inflight_of(w) < t.probes {
+                        match self.word.compare_exchange(
+                            w,
+                            w + INFLIGHT_ONE,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => {
+                                return Admission::Admit {
+                                    role: Role::Probe,
+                                    gen: gen_of(w),
+                                }
+                            }
+                            Err(actual) => {
+                                w = actual;
+                                continue;
+                            }
+                        }
+                    }
+                    // Every slot is taken. Probes that never settle must not hold HalfOpen forever.
+                    let now = now();
+                    let since = self.half_open_since.load(Ordering::Acquire);
+                    if now.saturating_sub(since) >= t.half_open_max_wait {
+                        if let Some(tr) = self.reopen(w, t, now, jitter, Reason::HalfOpenTimedOut) {
+                            transitions.push(tr);
+                        }
+                        w = self.word.load(Ordering::Acquire);
+                        continue;
+                    }
+                    return if mode == METRICS_ONLY {
+                        Admission::Admit {
+                            role: Role::Shadow,
+                            gen: gen_of(w),
+                        }
+                    } else {
+                        Admission::Reject { retry_after: None }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Open (again) from word `w`; `None` if another thread changed the word first.
+    fn reopen(
+        &self,
+        w: u64,
+        t: &Thresholds,
+        now: u64,
+        jitter: &mut impl FnMut(u64) -> u64,
+        reason: Reason,
+    ) -> Option<Transition> {
+        let trips = self.trips.load(Ordering::Relaxed).saturating_add(1);
+        let wait = t.wait(trips);
+        let wait = wait.saturating_add(jitter(wait));
+        self.open_until
+            .store(now.saturating_add(wait), Ordering::Release);
+        let mode = mode_of(w);
+        let new = next(w, OPEN, mode);
+        self.word
+            .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        Some(Transition {
+            from: state_of(w),
+            to: OPEN,
+            mode,
+            reason,
+            wait: Some(wait),
+        })
+    }
+
+    /// Records the outcome of a call admitted as `role` in generation `gen`. `now` is read only when a
+    /// time window or a transition needs it.
+    pub(crate) fn record(
+        &self,
+        t: &Thresholds,
+        role: Role,
+        gen: u32,
+        outcome: Recorded,
+        now: &mut impl FnMut() -> u64,
+        jitter: &mut impl FnMut(u64) -> u64,
+    ) -> Option<Transition> {
+        match role {
+            Role::Shadow => None,
+            Role::Normal => self.record_normal(t, gen, outcome, now, jitter),
+            Role::Probe => self.record_probe(t, gen, outcome, now, jitter),
+        }
+    }
+
+    fn record_normal(
+        &self,
+        t: &Thresholds,
+        gen: u32,
+        outcome: Recorded,
+        now: &mut impl FnMut() -> u64,
+        jitter: &mut impl FnMut(u64) -> u64,
+    ) -> Option<Transition> {
+        let w = self.word.load(Ordering::Acquire);
+        if gen_of(w) != gen || outcome.ignored {
+            return None;
+        }
+        if outcome.failure {
+            self.consecutive.fetch_add(1, Ordering::Relaxed);
+        } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        if let Some(win) = &self.calls_window {
+            win.record(outcome);
+        }
+        let mut now_cache = None;
+        let mut now = || *now_cache.get_or_insert_with(&mut *now);
+        if let Some(win) = &self.time_window {
+            win.record(outcome, now() / 1_000_000_000);
+        }
+        if !outcome.bad() || state_of(w) != CLOSED || mode_of(w) == DISABLED {
+            return None;
+        }
+        let reason = self.should_trip(t, &mut now)?;
+        self.reopen(w, t, now(), jitter, reason)
+    }
+
+    /// Whether the windows say the circuit must open.
+    fn should_trip(&self, t: &Thresholds, now: &mut impl FnMut() -> u64) -> Option<Reason> {
+        let consecutive = self.consecutive.load(Ordering::Relaxed);
+        if t.consecutive_failures > 0 && consecutive >= t.consecutive_failures {
+            return Some(Reason::ConsecutiveFailures {
+                failures: consecutive,
+            });
+        }
+        let judge = |window: WindowKind, s: WindowStats| -> Option<Reason> {
+            if s.calls == 0 || s.calls < t.minimum_calls {
+                return None;
+            }
+            let calls = f64::from(s.calls);
+            if let Some(limit) = t.failure_rate {
+                let rate = f64::from(s.failures) / calls;
+                if rate >= limit {
+                    return Some(Reason::FailureRate {
+                        window,
+                        rate,
+                        calls: s.calls,
+                        failures: s.failures,
+                    });
+                }
+            }
+            if let Some(limit) = t.slow_call_rate {
+                let rate = f64::from(s.slow) / calls;
+                if rate >= limit {
+                    return Some(Reason::SlowCallRate {
+                        window,
+                        rate,
+                        calls: s.calls,
+                        slow: s.slow,
+                    });
+                }
+            }
+            None
+        };
+        if let Some(win) = &self.calls_window {
+            if let Some(r) = judge(WindowKind::Calls(win.size()), win.stats()) {
+                return Some(r);
+            }
+        }
+        if let Some(win) = &self.time_window {
+            let stats = win.stats(now() / 1_000_000_000);
+            if let Some(r) = judge(WindowKind::Seconds(win.size()), stats) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    fn record_probe(
+        &self,
+        t: &Thresholds,
+        gen: u32,
+        outcome: Recorded,
+        now: &mut impl FnMut() -> u64,
+        jitter: &mut impl FnMut(u64) -> u64,
+    ) -> Option<Transition> {
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            if gen_of(w) != gen || state_of(w) != HALF_OPEN || inflight_of(w) == 0 {
+                return None; // a stale probe: its generation has ended
+            }
+            if outcome.bad() {
+                match self.reopen(w, t, now(), jitter, Reason::ProbeFailed) {
+                    Some(tr) => return Some(tr),
+                    None => {
+                        w = self.word.load(Ordering::Acquire);
+                        continue;
+                    }
+                }
+            }
+            let successes = successes_of(w) + u32::from(!outcome.ignored);
+            let (new, closes) = if !outcome.ignored && successes >= t.successes_to_close {
+                self.clear_windows();
+                (next(w, CLOSED, mode_of(w)), true)
+            } else if outcome.ignored {
+                (w - INFLIGHT_ONE, false)
+            } else {
+                (w - INFLIGHT_ONE + SUCC_ONE, false)
+            };
+            match self
+                .word
+                .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if closes => {
+                    self.trips.store(0, Ordering::Relaxed);
+                    return Some(Transition {
+                        from: HALF_OPEN,
+                        to: CLOSED,
+                        mode: mode_of(w),
+                        reason: Reason::ProbesSucceeded { successes },
+                        wait: None,
+                    });
+                }
+                Ok(_) => return None,
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
+    /// A manual transition: to `state` in `mode`, from whatever the breaker was in.
+    pub(crate) fn force(&self, state: u64, mode: u64, why: &'static str) -> Transition {
+        if state == CLOSED {
+            self.clear_windows();
+            self.trips.store(0, Ordering::Relaxed);
+        }
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            match self.word.compare_exchange(
+                w,
+                next(w, state, mode),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Transition {
+                        from: state_of(w),
+                        to: state,
+                        mode,
+                        reason: Reason::Manual(why),
+                        wait: None,
+                    }
+                }
+                Err(actual) => w = actual,
+            }
+        }
+    }
+
+    fn clear_windows(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+        if let Some(w) = &self.calls_window {
+            w.clear();
+        }
+        if let Some(w) = &self.time_window {
+            w.clear();
+        }
+    }
+}
+
+/// Calls, failures and slow calls in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct WindowStats {
+    pub(crate) calls: u32,
+    pub(crate) failures: u32,
+    pub(crate) slow: u32,
+}
+
+const PRESENT: u8 = 1;
+const FAILED: u8 = 2;
+const SLOW: u8 = 4;
+
+fn slot_of(o: Recorded) -> u8 {
+    PRESENT | if o.failure { FAILED } else { 0 } | if o.slow { SLOW } else { 0 }
+}
+
+/// The last `n` outcomes: a ring of one byte per call, with running counts. O(1) per call.
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    cursor: AtomicU32,
+    calls: AtomicU32,
+    failures: AtomicU32,
+    slow: AtomicU32,
+}
+
+impl CountWindow {
+    fn new(n: u32) -> Self {
+        CountWindow {
+            slots: (0..n.max(1)).map(|_| AtomicU8::new(0)).collect(),
+            cursor: AtomicU32::new(0),
+            calls: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            slow: AtomicU32::new(0),
+        }
+    }
+
+    fn size(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Records one outcome. The steady state (a success over a success) writes no shared cache line
+    /// except the cursor, and uses no read-modify-write: the cursor moves with a plain load and store,
+    /// and a slot is swapped only when its value changes. Racing calls may land in the same slot (one of
+    /// them is then not in the window), but the counts always match the slots, because every count
+    /// change follows the value a swap returned.
+    fn record(&self, o: Recorded) {
+        let c = self.cursor.load(Ordering::Relaxed);
+        self.cursor.store(c.wrapping_add(1), Ordering::Relaxed);
+        let slot = &self.slots[c as usize % self.slots.len()];
+        let new = slot_of(o);
+        if slot.load(Ordering::Relaxed) == new {
+            return;
+        }
+        let old = slot.swap(new, Ordering::Relaxed);
+        if old & PRESENT == 0 {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        adjust(&self.failures, old & FAILED != 0, new & FAILED != 0);
+        adjust(&self.slow, old & SLOW != 0, new & SLOW != 0);
+    }
+
+    pub(crate) fn stats(&self) -> WindowStats {
+        WindowStats {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            slow: self.slow.load(Ordering::Relaxed),
+        }
+    }
+
+    fn clear(&self) {
+        for s in self.slots.iter() {
+            s.store(0, Ordering::Relaxed);
+        }
+        self.calls.store(0, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        self.slow.store(0, Ordering::Relaxed);
+    }
+}
+
+fn adjust(counter: &AtomicU32, was: bool, is: bool) {
+    match (was, is) {
+        (false, true) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        (true, false) => {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// The last `n` seconds: one bucket per second, each stamped with its second. O(1) per call; judging
+/// the rate sums `n` buckets, and only happens after a failure or a slow call.
+///
+/// A bucket is reset by the first call of a new second (compare-and-swap on its stamp). Under
+/// concurrency a count racing with that reset can land in the old or the new second: the window is
+/// approximate at second boundaries, never by more than the calls of that instant.
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// The second this bucket counts, plus one (0 = never used).
+    second: AtomicU64,
+    calls: AtomicU32,
+    failures: AtomicU32,
+    slow: AtomicU32,
+}
+
+impl TimeWindow {
+    fn new(secs: u32) -> Self {
+        TimeWindow {
+            buckets: (0..secs.max(1))
+                .map(|_| Bucket {
+                    second: AtomicU64::new(0),
+                    calls: AtomicU32::new(0),
+                    failures: AtomicU32::new(0),
+                    slow: AtomicU32::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    fn size(&self) -> u32 {
+        self.buckets.len() as u32
+    }
+
+    fn record(&self, o: Recorded, second: u64) {
+        let b = &self.buckets[(second % self.buckets.len() as u64) as usize];
+        let stamp = second + 1;
+        let seen = b.second.load(Ordering::Acquire);
+        if seen != stamp
+            && b.second
+                .compare_exchange(seen, stamp, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            b.calls.store(0, Ordering::Relaxed);
+            b.failures.store(0, Ordering::Relaxed);
+            b.slow.store(0, Ordering::Relaxed);
+        }
+        b.calls.fetch_add(1, Ordering::Relaxed);
+        if o.failure {
+            b.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if o.slow {
+            b.slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn stats(&self, second: u64) -> WindowStats {
+        let n = self.buckets.len() as u64;
+        let oldest = (second + 1).saturating_sub(n - 1); // stamps of the last n seconds
+        let mut s = WindowStats::default();
+        for b in self.buckets.iter() {
+            let stamp = b.second.load(Ordering::Acquire);
+            if stamp >= oldest && stamp <= second + 1 {
+                s.calls += b.calls.load(Ordering::Relaxed);
+                s.failures += b.failures.load(Ordering::Relaxed);
+                s.slow += b.slow.load(Ordering::Relaxed);
+            }
+        }
+        s
+    }
+
+    fn clear(&self) {
+        for b in self.buckets.iter() {
+            b.second.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(all(test, not(palisade_loom)))]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn thresholds() -> Thresholds {
+        Thresholds {
+            consecutive_failures: 3,
+            failure_rate: None,
+            slow_call_rate: None,
+            minimum_calls: 1,
+            probes: 2,
+            successes_to_close: 2,
+            wait_base: 2 * S,
+            wait_max: 60 * S,
+            half_open_max_wait: 30 * S,
+        }
+    }
+
+    fn admit(m: &Machine, t: &Thresholds, now: u64) -> (Admission, Vec<Transition>) {
+        let mut tr = Vec::new();
+        let a = m.admit(t, &mut || now, &mut |_| 0, &mut tr);
+        (a, tr)
+    }
+
+    fn record(
+        m: &Machine,
+        t: &Thresholds,
+        role: Role,
+        gen: u32,
+        o: Recorded,
+        now: u64,
+    ) -> Option<Transition> {
+        m.record(t, role, gen, o, &mut || now, &mut |_| 0)
+    }
+
+    #[test]
+    fn word_layout_round_trips() {
+        let w = next(0, HALF_OPEN, METRICS_ONLY) + 3 * INFLIGHT_ONE + 2 * SUCC_ONE;
+        assert_eq!(state_of(w), HALF_OPEN);
+        assert_eq!(mode_of(w), METRICS_ONLY);
+        assert_eq!(gen_of(w), 1);
+        assert_eq!(inflight_of(w), 3);
+        assert_eq!(successes_of(w), 2);
+        // The generation wraps inside its bits without touching the others.
+        let max_gen = (((1u64 << 28) - 1) << GEN_SHIFT) | OPEN;
+        let wrapped = next(max_gen, CLOSED, NORMAL);
+        assert_eq!(gen_of(wrapped), 0);
+        assert_eq!(state_of(wrapped), CLOSED);
+    }
+
+    #[test]
+    fn wait_doubles_to_the_cap() {
+        let t = thresholds();
+        assert_eq!(t.wait(1), 2 * S);
+        assert_eq!(t.wait(2), 4 * S);
+        assert_eq!(t.wait(5), 32 * S);
+        assert_eq!(t.wait(6), 60 * S);
+        assert_eq!(t.wait(1000), 60 * S);
+    }
+
+    #[test]
+    fn full_cycle() {
+        let t = thresholds();
+        let m = Machine::new(None, None);
+        let gen = m.try_fast_admit().unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                record(&m, &t, Role::Normal, gen, Recorded::FAILURE, 0),
+                None
+            );
+        }
+        let tr = record(&m, &t, Role::Normal, gen, Recorded::FAILURE, 0).unwrap();
+        assert_eq!((tr.from, tr.to, tr.wait), (CLOSED, OPEN, Some(2 * S)));
+        assert_eq!(tr.reason, Reason::ConsecutiveFailures { failures: 3 });
+        assert_eq!(m.try_fast_admit(), None);
+        assert_eq!(
+            admit(&m, &t, S).0,
+            Admission::Reject {
+                retry_after: Some(S)
+            }
+        );
+        // The wait ends: the first call moves to HalfOpen and takes a probe slot.
+        let (a, tr) = admit(&m, &t, 2 * S);
+        assert_eq!(tr.len(), 1);
+        let Admission::Admit {
+            role: Role::Probe,
+            gen: g1,
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        let (a2, _) = admit(&m, &t, 2 * S);
+        assert!(matches!(
+            a2,
+            Admission::Admit {
+                role: Role::Probe,
+                ..
+            }
+        ));
+        assert_eq!(
+            admit(&m, &t, 2 * S).0,
+            Admission::Reject { retry_after: None }
+        );
+        // A stale outcome from the Closed generation changes nothing.
+        assert_eq!(
+            record(&m, &t, Role::Normal, gen, Recorded::FAILURE, 2 * S),
+            None
+        );
+        assert_eq!(
+            record(&m, &t, Role::Probe, g1, Recorded::SUCCESS, 2 * S),
+            None
+        );
+        let tr = record(&m, &t, Role::Probe, g1, Recorded::SUCCESS, 2 * S).unwrap();
+        assert_eq!((tr.from, tr.to), (HALF_OPEN, CLOSED));
+        assert!(m.try_fast_admit().is_some());
+        assert_eq!(m.trips(), 0);
+    }
+
+    #[test]
+    fn failed_probe_reopens_with_a_longer_wait() {
+        let t = thresholds();
+        let m = Machine::new(None, None);
+        m.force(OPEN, NORMAL, "test");
+        m.open_until.store(0, Ordering::Relaxed);
+        m.trips.store(1, Ordering::Relaxed);
+        let (a, _) = admit(&m, &t, 10 * S);
+        let Admission::Admit { gen, .. } = a else {
+            panic!()
+        };
+        let tr = record(&m, &t, Role::Probe, gen, Recorded::FAILURE, 10 * S).unwrap();
+        assert_eq!((tr.from, tr.to, tr.wait), (HALF_OPEN, OPEN, Some(4 * S)));
+        assert_eq!(tr.reason, Reason::ProbeFailed);
+    }
+
+    #[test]
+    fn ignored_probe_gives_its_slot_back() {
+        let t = Thresholds {
+            probes: 1,
+            ..thresholds()
+        };
+        let m = Machine::new(None, None);
+        m.force(OPEN, NORMAL, "test");
+        let Admission::Admit {
+            gen,
+            role: Role::Probe,
+        } = admit(&m, &t, 0).0
+        else {
+            panic!()
+        };
+        assert_eq!(admit(&m, &t, 0).0, Admission::Reject { retry_after: None });
+        assert_eq!(record(&m, &t, Role::Probe, gen, Recorded::IGNORED, 0), None);
+        assert!(matches!(
+            admit(&m, &t, 0).0,
+            Admission::Admit {
+                role: Role::Probe,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn count_window_rates() {
+        let t = Thresholds {
+            consecutive_failures: 0,
+            failure_rate: Some(0.5),
+            minimum_calls: 4,
+            ..thresholds()
+        };
+        let m = Machine::new(Some(4), None);
+        let gen = m.try_fast_admit().unwrap();
+        // F S F: 3 calls, under minimum.
+        assert!(record(&m, &t, Role::Normal, gen, Recorded::FAILURE, 0).is_none());
+        assert!(record(&m, &t, Role::Normal, gen, Recorded::SUCCESS, 0).is_none());
+        assert!(record(&m, &t, Role::Normal, gen, Recorded::FAILURE, 0).is_none());
+        assert_eq!(
+            m.calls_window.as_ref().unwrap().stats(),
+            WindowStats {
+                calls: 3,
+                failures: 2,
+                slow: 0
+            }
+        );
+        // S: 4 calls, 50 %, but a success never trips.
+        assert!(record(&m, &t, Role::Normal, gen, Recorded::SUCCESS, 0).is_none());
+        // F replaces the oldest F: still 2 of 4 = 50 %: trips.
+        let tr = record(&m, &t, Role::Normal, gen, Recorded::FAILURE, 0).unwrap();
+        assert!(
+            matches!(
+                tr.reason,
+                Reason::FailureRate {
+                    calls: 4,
+                    failures: 2,
+                    ..
+                }
+            ),
+            "{tr:?}"
+        );
+    }
+
+    #[test]
+    fn time_window_forgets_old_seconds() {
+        let w = TimeWindow::new(3);
+        w.record(Recorded::FAILURE, 10);
+        w.record(Recorded::SUCCESS, 11);
+        w.record(Recorded::FAILURE, 12);
+        assert_eq!(
+            w.stats(12),
+            WindowStats {
+                calls: 3,
+                failures: 2,
+                slow: 0
+            }
+        );
+        assert_eq!(
+            w.stats(13),
+            WindowStats {
+                calls: 2,
+                failures: 1,
+                slow: 0
+            }
+        );
+        w.record(Recorded::SUCCESS, 13); // reuses second 10's bucket
+        assert_eq!(
+            w.stats(13),
+            WindowStats {
+                calls: 3,
+                failures: 1,
+                slow: 0
+            }
+        );
+        assert_eq!(w.stats(100), WindowStats::default());
+    }
+}
+
+#[cfg(all(test, palisade_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    fn thresholds(probes: u32, successes: u32) -> Thresholds {
+        Thresholds {
+            consecutive_failures: 1,
+            failure_rate: None,
+            slow_call_rate: None,
+            minimum_calls: 1,
+            probes,
+            successes_to_close: successes,
+            wait_base: 10,
+            wait_max: 10,
+            half_open_max_wait: u64::MAX,
+        }
+    }
+
+    fn admit(m: &Machine, t: &Thresholds) -> Admission {
+        m.admit(t, &mut || 100, &mut |_| 0, &mut Vec::new())
+    }
+
+    /// Two callers race at the moment the wait ends (each may perform the Open → HalfOpen transition):
+    /// exactly one probe slot is handed out.
+    #[test]
+    fn half_open_admits_at_most_the_configured_probes() {
+        loom::model(|| {
+            let t = Arc::new(thresholds(1, 1));
+            let m = Arc::new(Machine::new(None, None));
+            m.force(OPEN, NORMAL, "test");
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (m, t) = (m.clone(), t.clone());
+                    thread::spawn(move || {
+                        matches!(
+                            admit(&m, &t),
+                            Admission::Admit {
+                                role: Role::Probe,
+                                ..
+                            }
+                        )
+                    })
+                })
+                .collect();
+            let probes = handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|p| *p)
+                .count();
+            assert_eq!(probes, 1);
+            assert_eq!(inflight_of(m.word()), 1);
+        });
+    }
+
+    /// A probe finishing while another is admitted: slots and successes stay consistent and the circuit
+    /// closes exactly once.
+    #[test]
+    fn probe_release_and_acquire_race() {
+        loom::model(|| {
+            let t = Arc::new(thresholds(1, 2));
+            let m = Arc::new(Machine::new(None, None));
+            m.force(OPEN, NORMAL, "test");
+            let Admission::Admit {
+                gen,
+                role: Role::Probe,
+            } = admit(&m, &t)
+            else {
+                panic!()
+            };
+            let (m2, t2) = (m.clone(), t.clone());
+            let finisher = thread::spawn(move || {
+                m2.record(
+                    &t2,
+                    Role::Probe,
+                    gen,
+                    Recorded::SUCCESS,
+                    &mut || 100,
+                    &mut |_| 0,
+                )
+            });
+            let (m3, t3) = (m.clone(), t.clone());
+            let second = thread::spawn(move || admit(&m3, &t3));
+            assert!(
+                finisher.join().unwrap().is_none(),
+                "one success of two does not close"
+            );
+            let a = second.join().unwrap();
+            let w = m.word();
+            assert_eq!(state_of(w), HALF_OPEN);
+            assert_eq!(successes_of(w), 1);
+            match a {
+                Admission::Admit {
+                    role: Role::Probe, ..
+                } => assert_eq!(inflight_of(w), 1),
+                Admission::Reject { .. } => assert_eq!(inflight_of(w), 0),
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+
+    /// A failing probe and a succeeding probe race: whichever wins, the other is stale and the state
+    /// ends in exactly one transition.
+    #[test]
+    fn probe_failure_and_success_race() {
+        loom::model(|| {
+            let t = Arc::new(thresholds(2, 1));
+            let m = Arc::new(Machine::new(None, None));
+            m.force(OPEN, NORMAL, "test");
+            let Admission::Admit { gen, .. } = admit(&m, &t) else {
+                panic!()
+            };
+            let Admission::Admit { .. } = admit(&m, &t) else {
+                panic!()
+            };
+            let spawn = |o: Recorded| {
+                let (m, t) = (m.clone(), t.clone());
+                thread::spawn(move || m.record(&t, Role::Probe, gen, o, &mut || 100, &mut |_| 0))
+            };
+            let a = spawn(Recorded::FAILURE);
+            let b = spawn(Recorded::SUCCESS);
+            let transitions = [a.join().unwrap(), b.join().unwrap()];
+            let n = transitions.iter().flatten().count();
+            assert_eq!(n, 1, "{transitions:?}");
+            let to = transitions.iter().flatten().next().unwrap().to;
+            assert_eq!(state_of(m.word()), to);
+        });
+    }
+
+    /// Concurrent failures in Closed trip the circuit exactly once.
+    #[test]
+    fn closed_trips_once() {
+        loom::model(|| {
+            let t = Arc::new(thresholds(1, 1));
+            let m = Arc::new(Machine::new(None, None));
+            let gen = m.try_fast_admit().unwrap();
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (m, t) = (m.clone(), t.clone());
+                    thread::spawn(move || {
+                        m.record(
+                            &t,
+                            Role::Normal,
+                            gen,
+                            Recorded::FAILURE,
+                            &mut || 0,
+                            &mut |_| 0,
+                        )
+                    })
+                })
+                .collect();
+            let n = handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .count();
+            assert_eq!(n, 1);
+            assert_eq!(state_of(m.word()), OPEN);
+        });
+    }
+}

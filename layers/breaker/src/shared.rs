@@ -1,0 +1,532 @@
+//! State shared by every clone of a breaker layer: configuration, circuits, and how transitions are
+//! published (tracing, health, audit).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use palisade_core::audit::{Audit, AuditEvent};
+use palisade_core::health::Component;
+use palisade_core::key::KeyExtractor;
+use palisade_core::rng::SharedRng;
+use tokio::time::Instant;
+
+use crate::config::nanos;
+use crate::machine::{
+    self, Admission, Machine, Reason, Recorded, Role, Thresholds, Transition, WindowKind,
+};
+
+/// Configuration and publishing, shared by every circuit of one layer.
+pub(crate) struct Common<C> {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) classifier: C,
+    pub(crate) thresholds: Thresholds,
+    windows: (Option<u32>, Option<u32>),
+    pub(crate) slow_threshold: Option<Duration>,
+    jitter: f64,
+    component: Option<Component>,
+    audit: Audit,
+    rng: SharedRng,
+    epoch: Instant,
+    /// Circuits not Closed (Open or HalfOpen, forced or not).
+    open_circuits: AtomicUsize,
+    pub(crate) max_keys: usize,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl<C> Common<C> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: Cow<'static, str>,
+        classifier: C,
+        thresholds: Thresholds,
+        windows: (Option<u32>, Option<u32>),
+        slow_threshold: Option<Duration>,
+        jitter: f64,
+        component: Option<Component>,
+        audit: Audit,
+        rng: SharedRng,
+        max_keys: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        Common {
+            name,
+            classifier,
+            thresholds,
+            windows,
+            slow_threshold,
+            jitter,
+            component,
+            audit,
+            rng,
+            epoch: Instant::now(),
+            open_circuits: AtomicUsize::new(0),
+            max_keys,
+            idle_timeout,
+        }
+    }
+
+    /// Nanoseconds since the layer was built.
+    pub(crate) fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.epoch))
+    }
+
+    fn jitter(&self, wait: u64) -> u64 {
+        if self.jitter == 0.0 {
+            return 0;
+        }
+        (wait as f64 * self.jitter * self.rng.next_f64()) as u64
+    }
+
+    pub(crate) fn open_circuits(&self) -> usize {
+        self.open_circuits.load(Ordering::Relaxed)
+    }
+}
+
+impl<C> fmt::Debug for Common<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Common")
+            .field("name", &self.name)
+            .field("thresholds", &self.thresholds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One circuit: the state machine plus what it needs to publish its transitions.
+pub(crate) struct Circuit<C> {
+    pub(crate) common: Arc<Common<C>>,
+    pub(crate) machine: Machine,
+    /// The key this circuit belongs to, for logs and audit (`None` for an unkeyed breaker).
+    label: Option<String>,
+    /// Nanoseconds since the epoch at the last call (keyed mode only).
+    last_used: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl<C> Circuit<C> {
+    pub(crate) fn new(common: Arc<Common<C>>, label: Option<String>) -> Self {
+        let (calls, secs) = common.windows;
+        Circuit {
+            machine: Machine::new(calls, secs),
+            common,
+            label,
+            last_used: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Decides on one call: a single atomic load when Closed.
+    #[inline]
+    pub(crate) fn admit(&self) -> Admission {
+        if let Some(gen) = self.machine.try_fast_admit() {
+            return Admission::Admit {
+                role: Role::Normal,
+                gen,
+            };
+        }
+        self.admit_slow()
+    }
+
+    #[cold]
+    fn admit_slow(&self) -> Admission {
+        let c = &*self.common;
+        let mut transitions = Vec::new();
+        let a = self.machine.admit(
+            &c.thresholds,
+            &mut || c.now(),
+            &mut |w| c.jitter(w),
+            &mut transitions,
+        );
+        for tr in transitions {
+            self.publish(tr);
+        }
+        if let Admission::Reject { .. } = a {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        a
+    }
+
+    pub(crate) fn record(&self, role: Role, gen: u32, outcome: Recorded) {
+        let c = &*self.common;
+        if let Some(tr) = self.machine.record(
+            &c.thresholds,
+            role,
+            gen,
+            outcome,
+            &mut || c.now(),
+            &mut |w| c.jitter(w),
+        ) {
+            self.publish(tr);
+        }
+    }
+
+    pub(crate) fn touch(&self, now: u64) {
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_idle(&self, now: u64, idle: u64) -> bool {
+        let w = self.machine.word();
+        machine::state_of(w) == machine::CLOSED
+            && machine::mode_of(w) == machine::NORMAL
+            && now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= idle
+    }
+
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn clear_rejected(&self) {
+        self.rejected.store(0, Ordering::Relaxed);
+    }
+
+    /// Tells the world about a transition: tracing, the health component, the audit log.
+    pub(crate) fn publish(&self, tr: Transition) {
+        let c = &*self.common;
+        let was_open = tr.from != machine::CLOSED;
+        let is_open = tr.to != machine::CLOSED;
+        let open = match (was_open, is_open) {
+            (false, true) => c.open_circuits.fetch_add(1, Ordering::Relaxed) + 1,
+            (true, false) => c
+                .open_circuits
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1),
+            _ => c.open_circuits.load(Ordering::Relaxed),
+        };
+        let kind = event_kind(&tr);
+        let reason = ReasonText(&tr.reason, &c.thresholds).to_string();
+        let key = self.label.as_deref();
+        if tr.to == machine::OPEN {
+            tracing::warn!(breaker = %c.name, key, reason = %reason, wait_ms = tr.wait.map(|w| w / 1_000_000), "circuit opened");
+        } else {
+            tracing::info!(breaker = %c.name, key, reason = %reason, event = kind, "circuit {}", state_name(tr.to));
+        }
+        if let Some(component) = &c.component {
+            if open == 0 {
+                component.healthy();
+            } else if is_open {
+                let text = match key {
+                    Some(k) => format!("{open} circuit(s) open; latest: {k}: {reason}"),
+                    None => format!("circuit {}: {reason}", state_name(tr.to)),
+                };
+                component.degraded(text);
+            }
+        }
+        c.audit.record_with(|| {
+            let mut ev = AuditEvent::new(kind)
+                .detail("breaker", c.name.to_string())
+                .detail("from", state_name(tr.from))
+                .detail("to", state_name(tr.to))
+                .detail("mode", mode_name(tr.mode))
+                .detail("reason", reason.clone());
+            if let Some(k) = key {
+                ev = ev.tenant(k.to_owned());
+            }
+            if let Some(w) = tr.wait {
+                ev = ev.detail("wait_ms", w / 1_000_000);
+            }
+            match tr.reason {
+                Reason::ConsecutiveFailures { failures } => {
+                    ev.detail("consecutive_failures", failures)
+                }
+                Reason::FailureRate {
+                    rate,
+                    calls,
+                    failures,
+                    ..
+                } => ev
+                    .detail("failure_rate", rate)
+                    .detail("calls", calls)
+                    .detail("failures", failures),
+                Reason::SlowCallRate {
+                    rate, calls, slow, ..
+                } => ev
+                    .detail("slow_call_rate", rate)
+                    .detail("calls", calls)
+                    .detail("slow_calls", slow),
+                Reason::ProbesSucceeded { successes } => ev.detail("probe_successes", successes),
+                _ => ev,
+            }
+        });
+    }
+}
+
+impl<C> fmt::Debug for Circuit<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Circuit")
+            .field("name", &self.common.name)
+            .field("key", &self.label)
+            .field("state", &state_name(machine::state_of(self.machine.word())))
+            .finish_non_exhaustive()
+    }
+}
+
+fn event_kind(tr: &Transition) -> &'static str {
+    match (tr.to, tr.mode, &tr.reason) {
+        (_, _, Reason::Manual("reset")) => "breaker.reset",
+        (machine::OPEN, machine::FORCED_OPEN, _) => "breaker.forced_open",
+        (machine::OPEN, _, _) => "breaker.opened",
+        (machine::HALF_OPEN, _, _) => "breaker.half_open",
+        (_, machine::DISABLED, _) => "breaker.disabled",
+        (_, machine::METRICS_ONLY, Reason::Manual(_)) => "breaker.metrics_only",
+        _ => "breaker.closed",
+    }
+}
+
+pub(crate) fn state_name(s: u64) -> &'static str {
+    match s {
+        machine::CLOSED => "closed",
+        machine::OPEN => "open",
+        _ => "half_open",
+    }
+}
+
+pub(crate) fn mode_name(m: u64) -> &'static str {
+    match m {
+        machine::NORMAL => "normal",
+        machine::FORCED_OPEN => "forced_open",
+        machine::DISABLED => "disabled",
+        _ => "metrics_only",
+    }
+}
+
+struct ReasonText<'a>(&'a Reason, &'a Thresholds);
+
+impl fmt::Display for ReasonText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let window = |f: &mut fmt::Formatter<'_>, w: &WindowKind| match w {
+            WindowKind::Calls(n) => write!(f, "the last {n} calls"),
+            WindowKind::Seconds(n) => write!(f, "the last {n} s"),
+        };
+        match self.0 {
+            Reason::ConsecutiveFailures { failures: 1 } => f.write_str("1 failure"),
+            Reason::ConsecutiveFailures { failures } => {
+                write!(f, "{failures} consecutive failures")
+            }
+            Reason::FailureRate {
+                window: w,
+                rate,
+                calls,
+                failures,
+            } => {
+                write!(
+                    f,
+                    "failure rate {:.1}% ({failures} of {calls}) over ",
+                    rate * 100.0
+                )?;
+                window(f, w)?;
+                write!(
+                    f,
+                    ", threshold {:.1}%",
+                    self.1.failure_rate.unwrap_or(0.0) * 100.0
+                )
+            }
+            Reason::SlowCallRate {
+                window: w,
+                rate,
+                calls,
+                slow,
+            } => {
+                write!(
+                    f,
+                    "slow-call rate {:.1}% ({slow} of {calls}) over ",
+                    rate * 100.0
+                )?;
+                window(f, w)?;
+                write!(
+                    f,
+                    ", threshold {:.1}%",
+                    self.1.slow_call_rate.unwrap_or(0.0) * 100.0
+                )
+            }
+            Reason::WaitElapsed => f.write_str("open wait elapsed; probing"),
+            Reason::ProbeFailed => f.write_str("a half-open probe failed"),
+            Reason::ProbesSucceeded { successes } => write!(f, "{successes} probe(s) succeeded"),
+            Reason::HalfOpenTimedOut => write!(
+                f,
+                "half-open probes did not finish within {:?}",
+                Duration::from_nanos(self.1.half_open_max_wait)
+            ),
+            Reason::Manual(what) => write!(f, "set by an operator ({what})"),
+        }
+    }
+}
+
+/// The circuits of a keyed breaker: a bounded, sharded map from key hashes to circuits.
+///
+/// Keys are identified by a 64-bit SipHash with a per-process random key (the map stores no copy of
+/// the key, only a short label for logs): two distinct keys share a circuit only on a hash collision,
+/// with probability about n²/2⁶⁵ for n keys, and an attacker cannot aim for one.
+pub(crate) struct Keyed<C, K> {
+    pub(crate) common: Arc<Common<C>>,
+    pub(crate) extractor: K,
+    hasher: RandomState,
+    shards: Box<[Shard<C>]>,
+    len: AtomicUsize,
+    /// Requests whose key could not be extracted.
+    pub(crate) default: Arc<Circuit<C>>,
+    /// New keys when the map is full of busy or open circuits.
+    pub(crate) overflow: Arc<Circuit<C>>,
+    overflowed: AtomicU64,
+    last_sweep: AtomicU64,
+}
+
+/// One shard of the keyed map: key hash to circuit.
+type Shard<C> = RwLock<HashMap<u64, Arc<Circuit<C>>>>;
+
+const SHARDS: usize = 16;
+const LABEL_MAX: usize = 64;
+
+impl<C, K> Keyed<C, K> {
+    pub(crate) fn new(common: Arc<Common<C>>, extractor: K) -> Self {
+        Keyed {
+            default: Arc::new(Circuit::new(common.clone(), Some("(no key)".into()))),
+            overflow: Arc::new(Circuit::new(common.clone(), Some("(overflow)".into()))),
+            common,
+            extractor,
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            len: AtomicUsize::new(0),
+            overflowed: AtomicU64::new(0),
+            last_sweep: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> &Shard<C> {
+        &self.shards[(hash >> 58) as usize % SHARDS]
+    }
+
+    /// The circuit for a request.
+    pub(crate) fn circuit<Req>(&self, req: &Req) -> Arc<Circuit<C>>
+    where
+        K: KeyExtractor<Req>,
+    {
+        let key = match self.extractor.extract(req) {
+            Ok(key) => key,
+            Err(_) => return self.default.clone(),
+        };
+        let hash = self.hash(&key);
+        let now = self.common.now();
+        if let Some(c) = read(self.shard(hash)).get(&hash) {
+            c.touch(now);
+            return c.clone();
+        }
+        self.insert(hash, now, || {
+            let mut label = format!("{key:?}");
+            truncate(&mut label, LABEL_MAX);
+            label
+        })
+    }
+
+    #[cold]
+    fn insert(&self, hash: u64, now: u64, label: impl FnOnce() -> String) -> Arc<Circuit<C>> {
+        if self.len.load(Ordering::Relaxed) >= self.common.max_keys {
+            self.sweep(now);
+            if self.len.load(Ordering::Relaxed) >= self.common.max_keys {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                self.overflow.touch(now);
+                return self.overflow.clone();
+            }
+        }
+        let mut shard = write(self.shard(hash));
+        let c = shard.entry(hash).or_insert_with(|| {
+            self.len.fetch_add(1, Ordering::Relaxed);
+            Arc::new(Circuit::new(self.common.clone(), Some(label())))
+        });
+        c.touch(now);
+        c.clone()
+    }
+
+    /// Evicts closed circuits unused for the idle timeout and held by nothing else. Runs at most once
+    /// per quarter of the idle timeout (and at most once a second), so a flood of new keys against a
+    /// full map costs one sweep, not one per request.
+    fn sweep(&self, now: u64) {
+        let idle = nanos(self.common.idle_timeout);
+        let every = (idle / 4).max(1_000_000_000);
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < every {
+            return;
+        }
+        if self
+            .last_sweep
+            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut map = write(shard);
+            map.retain(|_, c| {
+                let keep = Arc::strong_count(c) > 1 || !c.is_idle(now, idle);
+                evicted += usize::from(!keep);
+                keep
+            });
+        }
+        self.len.fetch_sub(evicted, Ordering::Relaxed);
+        if evicted > 0 {
+            tracing::debug!(breaker = %self.common.name, evicted, "evicted idle keyed circuits");
+        }
+    }
+
+    pub(crate) fn get(&self, hash: u64) -> Option<Arc<Circuit<C>>> {
+        read(self.shard(hash)).get(&hash).cloned()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<Circuit<C>>)) {
+        for shard in self.shards.iter() {
+            for c in read(shard).values() {
+                f(c);
+            }
+        }
+        f(&self.default);
+        f(&self.overflow);
+    }
+}
+
+impl<C, K> fmt::Debug for Keyed<C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed")
+            .field("name", &self.common.name)
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of a map of `Arc`s; the map is still
+/// consistent, so keep serving.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,763 @@
+//! Behaviour of the retry layer, on paused time.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use palisade_core::audit::Audit;
+use palisade_core::classify::{ErrorsOnly, HttpStatus};
+use palisade_core::error::{is, BoxError, CircuitOpen, Elapsed, Overloaded, RateLimited};
+use palisade_core::rng::SharedRng;
+use palisade_retry::{Backoff, Budget, BuildError, RetryBody, RetryLayer, GAVE_UP_KIND};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// What the upstream saw on one call.
+#[derive(Debug, Clone)]
+struct Call {
+    at: Instant,
+    method: Method,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+type Script = dyn Fn(usize) -> Result<Response<()>, BoxError> + Send + Sync;
+
+/// An upstream answering call `n` (0-based) with `script(n)`, recording every call.
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<Mutex<Vec<Call>>>,
+    started: Arc<AtomicUsize>,
+    readies: Arc<AtomicUsize>,
+    script: Arc<Script>,
+}
+
+impl Upstream {
+    fn new(
+        script: impl Fn(usize) -> Result<Response<()>, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        Upstream {
+            calls: Arc::default(),
+            started: Arc::default(),
+            readies: Arc::default(),
+            script: Arc::new(script),
+        }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.started.load(SeqCst)
+    }
+
+    /// Gaps between consecutive calls.
+    fn gaps(&self) -> Vec<Duration> {
+        let calls = self.calls();
+        calls.windows(2).map(|w| w[1].at - w[0].at).collect()
+    }
+}
+
+impl<B> Service<Request<RetryBody<B>>> for Upstream
+where
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<()>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.readies.fetch_add(1, SeqCst);
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RetryBody<B>>) -> Self::Future {
+        let n = self.started.fetch_add(1, SeqCst);
+        let at = Instant::now();
+        let calls = self.calls.clone();
+        let outcome = (self.script)(n);
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let collected = body.collect().await.map_err(Into::into)?;
+            let trailers = collected.trailers().cloned();
+            calls.lock().unwrap().push(Call {
+                at,
+                method: parts.method,
+                body: collected.to_bytes(),
+                trailers,
+            });
+            outcome
+        })
+    }
+}
+
+fn status(code: u16) -> Result<Response<()>, BoxError> {
+    Ok(Response::builder().status(code).body(()).unwrap())
+}
+
+fn with_header(code: u16, name: &str, value: &str) -> Result<Response<()>, BoxError> {
+    Ok(Response::builder()
+        .status(code)
+        .header(name, value)
+        .body(())
+        .unwrap())
+}
+
+fn get() -> Request<Empty<Bytes>> {
+    Request::get("/items/1").body(Empty::new()).unwrap()
+}
+
+/// A layer without jitter or budget, so delays are exact.
+fn plain(attempts: u32) -> palisade_retry::RetryBuilder {
+    RetryLayer::builder()
+        .max_attempts(attempts)
+        .backoff(Backoff::exponential(ms(100), Duration::from_secs(60)))
+        .budget(Budget::unlimited())
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_delays_match_the_formula() {
+    let up = Upstream::new(|_| status(503));
+    let layer = RetryLayer::builder()
+        .max_attempts(6)
+        .backoff(Backoff::exponential(ms(100), Duration::from_secs(1)))
+        .budget(Budget::unlimited())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let res = layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // min(max, base × 2^n): 100, 200, 400, 800, then capped at 1000.
+    assert_eq!(up.gaps(), [ms(100), ms(200), ms(400), ms(800), ms(1000)]);
+    assert_eq!(handle.retries(), 5);
+    assert_eq!(handle.gave_up(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn jittered_delays_are_the_seeded_draws() {
+    let up = Upstream::new(|_| status(500));
+    let (base, max, jitter) = (ms(100), ms(1500), Duration::from_secs(1));
+    let layer = RetryLayer::builder()
+        .max_attempts(6)
+        .backoff(Backoff::exponential(base, max).jitter(jitter))
+        .budget(Budget::unlimited())
+        .seed(42)
+        .build()
+        .unwrap();
+    layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    let draws = SharedRng::seeded(42);
+    let gaps = up.gaps();
+    assert_eq!(gaps.len(), 5);
+    for (n, gap) in gaps.into_iter().enumerate() {
+        let expected = (base * 2u32.pow(n as u32)).min(max) + draws.duration_up_to(jitter);
+        // The timer wheel fires on whole milliseconds: the observed sleep is the formula rounded up.
+        assert!(
+            gap >= expected && gap <= expected + ms(1),
+            "retry {n}: slept {gap:?}, formula says {expected:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn decorrelated_jitter_stays_within_bounds() {
+    let up = Upstream::new(|_| status(502));
+    let (base, cap) = (ms(50), Duration::from_secs(2));
+    let layer = RetryLayer::builder()
+        .max_attempts(30)
+        .backoff(Backoff::decorrelated(base, cap))
+        .budget(Budget::unlimited())
+        .seed(7)
+        .build()
+        .unwrap();
+    layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    let gaps = up.gaps();
+    assert_eq!(gaps.len(), 29);
+    let mut prev = base;
+    for gap in &gaps {
+        assert!(*gap >= base, "{gap:?} below the base");
+        assert!(*gap <= cap + ms(1), "{gap:?} above the cap");
+        assert!(
+            *gap <= prev * 3 + ms(1),
+            "{gap:?} above 3 × the previous {prev:?}"
+        );
+        prev = *gap;
+    }
+    // Random, not a fixed schedule.
+    assert!(gaps.windows(2).any(|w| w[1] < w[0]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_bounds_a_failure_storm() {
+    let up = Upstream::new(|_| Err("connection refused".into()));
+    let (ratio, floor, window) = (0.1, 5u32, 10u64);
+    let layer = RetryLayer::builder()
+        .max_attempts(5)
+        .backoff(Backoff::exponential(ms(10), ms(100)))
+        .budget(Budget::new(ratio, floor, Duration::from_secs(window)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let requests = 1000u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..requests {
+        // A service per request, as axum makes them: the budget is the layer's.
+        let svc = layer.layer(up.clone());
+        tasks.spawn(svc.oneshot(get()));
+    }
+    let mut failed = 0;
+    while let Some(r) = tasks.join_next().await {
+        assert!(r.unwrap().is_err());
+        failed += 1;
+    }
+    assert_eq!(failed, requests);
+    let attempts = up.count() as u64;
+    let bound = (requests as f64 * (1.0 + ratio)) as u64 + u64::from(floor) * window;
+    assert!(attempts <= bound, "{attempts} attempts, bound {bound}");
+    assert_eq!(attempts, requests + handle.retries());
+    // The budget was used, then refused: without it there would be 5000 attempts.
+    assert!(handle.retries() >= 100, "{handle:?}");
+    assert!(handle.budget_refused() > 0);
+    assert!(handle.budget_exhausted());
+    // Every request ended either on its last attempt or refused by the budget.
+    assert_eq!(handle.gave_up() + handle.budget_refused(), requests);
+    assert_eq!(handle.requests(), requests);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_refills_as_the_window_slides() {
+    let up = Upstream::new(|_| status(503));
+    let layer = RetryLayer::builder()
+        .max_attempts(2)
+        .backoff(Backoff::exponential(ms(10), ms(10)))
+        .budget(Budget::new(0.0, 1, Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    for _ in 0..3 {
+        layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    }
+    // Floor of 1/s over 2 s: two retries, then refused.
+    assert_eq!((handle.retries(), handle.budget_refused()), (2, 1));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(handle.retries(), 3);
+    assert!(!handle.budget_exhausted());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let up = Upstream::new(|n| match n {
+        0 => with_header(503, "retry-after", "3"),
+        _ => status(200),
+    });
+    let res = plain(3)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(up.gaps(), [Duration::from_secs(3)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_on_429_is_honoured_and_capped() {
+    // 429 is not a failure for the classifier, but a throttling answer is retried anyway.
+    let up = Upstream::new(|n| match n {
+        0 => with_header(429, "retry-after", "120"),
+        1 => with_header(429, "retry-after", "2"),
+        _ => status(200),
+    });
+    let layer = plain(3)
+        .classify(HttpStatus::server_errors())
+        .retry_after_cap(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let res = layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // 120 s capped to 10 s; then 2 s (above the 200 ms backoff).
+    assert_eq!(up.gaps(), [Duration::from_secs(10), Duration::from_secs(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_hint_never_shortens_the_backoff() {
+    let up = Upstream::new(|n| match n {
+        0 => with_header(503, "retry-after", "0"),
+        _ => status(200),
+    });
+    plain(2)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(up.gaps(), [ms(100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_retry_after_is_honoured() {
+    let up = Upstream::new(|n| match n {
+        0 => Err(RateLimited::new(Duration::from_secs(2)).into()),
+        1 => Err(Overloaded::new().with_retry_after(ms(1500)).into()),
+        _ => status(200),
+    });
+    let res = plain(3)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(up.gaps(), [Duration::from_secs(2), ms(1500)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_open_is_never_retried() {
+    let up = Upstream::new(|_| Err(CircuitOpen::new(Some(ms(50))).into()));
+    let layer = plain(5).build().unwrap();
+    let handle = layer.handle();
+    let err = layer.layer(up.clone()).oneshot(get()).await.unwrap_err();
+    assert!(
+        is::<CircuitOpen>(&*err),
+        "the marker is returned as-is: {err}"
+    );
+    assert_eq!(up.count(), 1);
+    assert_eq!((handle.retries(), handle.gave_up()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_return_the_last_error_as_is() {
+    let up = Upstream::new(|n| {
+        if n < 2 {
+            Err("transient".into())
+        } else {
+            Err(Overloaded::new().into())
+        }
+    });
+    let err = plain(3)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<Overloaded>().is_some(), "{err:?}");
+    assert_eq!(up.count(), 3);
+}
+
+fn post(key: Option<&str>) -> Request<Full<Bytes>> {
+    let mut b = Request::post("/orders");
+    if let Some(k) = key {
+        b = b.header("idempotency-key", k);
+    }
+    b.body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_without_idempotency_key_is_not_retried() {
+    let up = Upstream::new(|_| status(503));
+    let layer = plain(5).build().unwrap();
+    let res = layer.layer(up.clone()).oneshot(post(None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.count(), 1);
+    // Sent untouched.
+    assert_eq!(up.calls()[0].body, "{\"qty\":1}");
+    assert_eq!(layer.handle().retries(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_with_idempotency_key_is_retried() {
+    let up = Upstream::new(|n| if n < 2 { status(503) } else { status(201) });
+    let res = plain(5)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(post(Some("order-7")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(up.count(), 3);
+    assert!(up
+        .calls()
+        .iter()
+        .all(|c| c.method == Method::POST && c.body == "{\"qty\":1}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_if_marks_more_requests_safe() {
+    let up = Upstream::new(|n| if n == 0 { status(503) } else { status(200) });
+    let layer = plain(3)
+        .retry_if(|parts| parts.uri.path() == "/orders")
+        .build()
+        .unwrap();
+    let res = layer.layer(up.clone()).oneshot(post(None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(up.count(), 2);
+    // PATCH elsewhere still is not retried.
+    let up = Upstream::new(|_| status(503));
+    let req = Request::patch("/other")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    layer.layer(up.clone()).oneshot(req).await.unwrap();
+    assert_eq!(up.count(), 1);
+}
+
+/// A body of chunks with no size hint (like a streaming upload), with optional trailers.
+struct Chunks {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Chunks {
+    fn new(chunks: &[&'static str], trailers: Option<HeaderMap>) -> Self {
+        Chunks {
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
+            trailers,
+        }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(c) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::new()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_over_the_limit_is_sent_once() {
+    let up = Upstream::new(|_| status(503));
+    let layer = plain(5).max_body(16).build().unwrap();
+    let handle = layer.handle();
+    // Known too large from its size hint.
+    let big = Request::put("/blob")
+        .body(Full::new(Bytes::from(vec![b'x'; 17])))
+        .unwrap();
+    let res = layer.layer(up.clone()).oneshot(big).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.count(), 1);
+    assert_eq!(up.calls()[0].body.len(), 17);
+    assert_eq!(handle.body_too_large(), 1);
+    // Found too large while buffering: what was read is sent, followed by the rest.
+    let up = Upstream::new(|_| status(503));
+    let streamed = Request::put("/blob")
+        .body(Chunks::new(&["0123456789", "abcdefghij", "KLMNOP"], None))
+        .unwrap();
+    layer.layer(up.clone()).oneshot(streamed).await.unwrap();
+    assert_eq!(up.count(), 1);
+    assert_eq!(up.calls()[0].body, "0123456789abcdefghijKLMNOP");
+    assert_eq!(handle.body_too_large(), 2);
+    assert_eq!(handle.retries(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_under_the_limit_is_replayed_identically() {
+    let up = Upstream::new(|n| if n < 2 { status(500) } else { status(200) });
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "c0ffee".parse().unwrap());
+    let req = Request::put("/doc")
+        .body(Chunks::new(
+            &["{\"a\":", "1,", "\"b\":2}"],
+            Some(trailers.clone()),
+        ))
+        .unwrap();
+    let layer = plain(4).build().unwrap();
+    let res = layer.layer(up.clone()).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let calls = up.calls();
+    assert_eq!(calls.len(), 3);
+    for c in &calls {
+        assert_eq!(c.method, Method::PUT);
+        assert_eq!(c.body, "{\"a\":1,\"b\":2}");
+        assert_eq!(c.trailers.as_ref(), Some(&trailers));
+    }
+    assert_eq!(layer.handle().body_too_large(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn give_up_is_recorded_in_audit() {
+    let (audit, ring) = Audit::memory(16);
+    let up = Upstream::new(|_| status(503));
+    let layer = plain(3).audit(audit.clone()).build().unwrap();
+    let res = layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    audit.flush().await.unwrap();
+    let records = ring.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r.kind, GAVE_UP_KIND);
+    assert_eq!(r.details["attempts"], 3);
+    assert_eq!(r.details["last"], "HTTP 503");
+    assert_eq!(r.details["method"], "GET");
+    assert_eq!(r.details["path"], "/items/1");
+    assert!(audit.verify(&records, None).is_ok());
+    assert_eq!(layer.handle().gave_up(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_on_attempt_k_returns_that_response() {
+    let up = Upstream::new(|n| {
+        let code = if n < 3 { 502 } else { 200 };
+        with_header(code, "x-attempt", &(n + 1).to_string())
+    });
+    let layer = plain(5).build().unwrap();
+    let res = layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-attempt"], "4");
+    assert_eq!(up.count(), 4);
+    assert_eq!(layer.handle().gave_up(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_mid_backoff_cancels_everything() {
+    let up = Upstream::new(|_| status(503));
+    let layer = plain(5).build().unwrap();
+    let mut svc = layer.layer(up.clone());
+    let before = Arc::strong_count(&up.calls);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Service::<Request<Empty<Bytes>>>::poll_ready(&mut svc, &mut cx).is_ready());
+    let mut fut = Box::pin(svc.call(get()));
+    // The first attempt fails at once; the future is now sleeping before the retry.
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(up.count(), 1);
+    assert_eq!(layer.handle().retries(), 1);
+    assert!(format!("{fut:?}").contains("backing off"), "{fut:?}");
+    // It holds a clone of the inner service.
+    assert_eq!(Arc::strong_count(&up.calls), before + 1);
+    drop(fut);
+    assert_eq!(Arc::strong_count(&up.calls), before);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(up.count(), 1, "no attempt after the drop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn elapsed_is_retried_unless_disabled() {
+    let script = |n| {
+        if n == 0 {
+            Err(Elapsed::new(ms(300)).into())
+        } else {
+            status(200)
+        }
+    };
+    let up = Upstream::new(script);
+    let res = plain(2)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await;
+    assert!(res.is_ok());
+    assert_eq!(up.count(), 2);
+    let up = Upstream::new(script);
+    let err = plain(2)
+        .retry_timeouts(false)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert!(is::<Elapsed>(&*err));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_status_in_trailers_is_not_retried_but_in_headers_is() {
+    let grpc = |grpc_status: Option<&str>| {
+        let mut b = Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc");
+        if let Some(s) = grpc_status {
+            b = b.header("grpc-status", s);
+        }
+        Ok(b.body(()).unwrap())
+    };
+    let layer = plain(3).retry_if(|_| true).build().unwrap();
+    let call = || {
+        Request::post("/pkg.Svc/Get")
+            .header("content-type", "application/grpc")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // Streaming response: the verdict is in the trailers, after the body: returned as-is.
+    let up = Upstream::new(move |_| grpc(None));
+    layer.layer(up.clone()).oneshot(call()).await.unwrap();
+    assert_eq!(up.count(), 1);
+    // Trailers-only UNAVAILABLE (14): retried.
+    let up = Upstream::new(move |n| {
+        if n == 0 {
+            grpc(Some("14"))
+        } else {
+            grpc(Some("0"))
+        }
+    });
+    let res = layer.layer(up.clone()).oneshot(call()).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(up.count(), 2);
+    // POST without the predicate: never retried.
+    let up = Upstream::new(move |_| grpc(Some("14")));
+    plain(3)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(call())
+        .await
+        .unwrap();
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_attempt_disables_retries() {
+    let up = Upstream::new(|_| status(503));
+    let layer = plain(1).build().unwrap();
+    layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(up.count(), 1);
+    assert_eq!(layer.handle().gave_up(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clone_function_replays_any_request() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = tower::service_fn({
+        let calls = calls.clone();
+        move |q: String| {
+            let n = calls.fetch_add(1, SeqCst);
+            async move {
+                if n < 2 {
+                    Err::<Answer, BoxError>("flaky".into())
+                } else {
+                    Ok(Answer(format!("answer to {q}")))
+                }
+            }
+        }
+    });
+    let layer = RetryLayer::builder()
+        .classify(ErrorsOnly)
+        .backoff(Backoff::exponential(ms(10), ms(10)))
+        .clone_request(|q: &String| (!q.starts_with("once:")).then(|| q.clone()))
+        .build()
+        .unwrap();
+    let res = layer
+        .layer(inner.clone())
+        .oneshot("q1".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(res.0, "answer to q1");
+    assert_eq!(calls.load(SeqCst), 3);
+    // Not clonable: sent once.
+    calls.store(0, SeqCst);
+    assert!(layer
+        .layer(inner)
+        .oneshot("once:q2".to_owned())
+        .await
+        .is_err());
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+/// A non-HTTP response; the clone mode needs a `RetryHint` (the defaults: no hint).
+#[derive(Debug)]
+struct Answer(String);
+impl palisade_retry::RetryHint for Answer {}
+
+#[test]
+fn builder_rejects_bad_configuration() {
+    let s = Duration::from_secs;
+    let err = |b: palisade_retry::RetryBuilder| b.build().unwrap_err();
+    assert_eq!(
+        err(RetryLayer::builder().max_attempts(0)),
+        BuildError::ZeroAttempts
+    );
+    assert_eq!(
+        err(RetryLayer::builder().backoff(Backoff::exponential(s(2), s(1)))),
+        BuildError::BaseExceedsMax {
+            base: s(2),
+            max: s(1)
+        }
+    );
+    assert_eq!(
+        err(RetryLayer::builder().backoff(Backoff::decorrelated(Duration::ZERO, s(1)))),
+        BuildError::ZeroDecorrelatedBase
+    );
+    assert_eq!(
+        err(RetryLayer::builder().budget(Budget::new(-0.5, 1, s(10)))),
+        BuildError::InvalidRatio(-0.5)
+    );
+    assert_eq!(
+        err(RetryLayer::builder().budget(Budget::new(0.2, 1, ms(500)))),
+        BuildError::InvalidWindow(ms(500))
+    );
+    assert!(err(RetryLayer::builder().max_attempts(0))
+        .to_string()
+        .contains("at least 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_of_one_layer_share_counters_and_budget() {
+    let layer = plain(2)
+        .budget(Budget::new(0.0, 1, Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let up = Upstream::new(|_| status(503));
+    layer.layer(up.clone()).oneshot(get()).await.unwrap();
+    // A second service (another route) finds the budget spent by the first.
+    layer
+        .clone()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(handle.requests(), 2);
+    assert_eq!((handle.retries(), handle.budget_refused()), (1, 1));
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_drives_poll_ready_first() {
+    let up = Upstream::new(|n| if n < 2 { status(503) } else { status(200) });
+    let res = plain(5)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Once by `oneshot` for the first attempt, then once per retry on the future's clone.
+    assert_eq!(up.readies.load(SeqCst), 3);
+    assert_eq!(up.count(), 3);
+}
