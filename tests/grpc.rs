@@ -5,101 +5,20 @@
 //! makes a tonic client see `UNAVAILABLE` / `RESOURCE_EXHAUSTED` / `DEADLINE_EXCEEDED` instead of
 //! `UNKNOWN`.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
 use palisade::error::*;
 use palisade::rescue::grpc::{into_status, to_status, StatusLayer};
 use palisade::rescue::RescueLayer;
-use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::server::NamedService;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic::{Code, Status};
 use tower::{Layer, Service, ServiceBuilder};
 
-/// Raw bytes as the message type: no protobuf code generation needed.
-#[derive(Clone, Copy, Default)]
-struct BytesCodec;
+mod common;
 
-impl Codec for BytesCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = BytesCodec;
-    type Decoder = BytesCodec;
-
-    fn encoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-
-    fn decoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-}
-
-impl Encoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for BytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        let n = src.remaining();
-        Ok(Some(src.copy_to_bytes(n)))
-    }
-}
-
-type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// `test.Echo`: every method echoes its request.
-#[derive(Clone)]
-struct Echo;
-
-impl NamedService for Echo {
-    const NAME: &'static str = "test.Echo";
-}
-
-struct EchoUnary;
-
-impl tonic::server::UnaryService<Bytes> for EchoUnary {
-    type Response = Bytes;
-    type Future = std::future::Ready<Result<tonic::Response<Bytes>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
-        std::future::ready(Ok(tonic::Response::new(req.into_inner())))
-    }
-}
-
-impl Service<http::Request<Body>> for Echo {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFut<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        Box::pin(async move {
-            Ok(tonic::server::Grpc::new(BytesCodec)
-                .unary(EchoUnary, req)
-                .await)
-        })
-    }
-}
+use common::{call, channel, BoxFut, Echo};
 
 /// The rejection a stand-in palisade layer returns for a method name.
 fn rejection_for(path: &str) -> Option<BoxError> {
@@ -153,47 +72,12 @@ async fn serve() -> SocketAddr {
     tokio::spawn(async move {
         Server::builder()
             .layer(stack)
-            .add_service(Echo)
+            .add_service(Echo::default())
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
             .unwrap();
     });
     addr
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .expect("connects within 10 s")
-    .expect("connects")
-}
-
-async fn call<T>(client: T, method: &str) -> Result<Bytes, Status>
-where
-    T: tonic::client::GrpcService<Body>,
-    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<BoxError>,
-    T::Error: Into<BoxError>,
-{
-    let mut grpc = tonic::client::Grpc::new(client);
-    grpc.ready()
-        .await
-        .map_err(|e| Status::from_error(e.into()))?;
-    let path = format!("/test.Echo/{method}").parse().unwrap();
-    let call = grpc.unary(
-        tonic::Request::new(Bytes::from_static(b"ping")),
-        path,
-        BytesCodec,
-    );
-    tokio::time::timeout(Duration::from_secs(10), call)
-        .await
-        .expect("answers within 10 s")
-        .map(tonic::Response::into_inner)
 }
 
 fn pushback(status: &Status) -> Option<&str> {

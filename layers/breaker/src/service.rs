@@ -285,6 +285,7 @@ impl<C> Recorder<C> {
             .classifier
     }
 
+    #[inline]
     fn finish(&mut self, outcome: Outcome) {
         let Some(a) = self.armed.take() else { return };
         let recorded = match outcome {
@@ -356,6 +357,7 @@ where
 {
     type Output = Result<Response<ResponseBody<B, C>>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Rejected { err } => Poll::Ready(Err(err
