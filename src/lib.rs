@@ -51,5 +51,5 @@ pub use palisade_timeout as timeout;
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "breaker", feature = "timeout", feature = "retry"))]
 pub struct ReadmeDoctests;
