@@ -39,6 +39,15 @@ pub mod rescue;
 
 pub use palisade_core::{audit, classify, error, grpc, health, key, rng, BoxError, Rejection};
 
+/// The bulkhead layer: [`palisade_bulkhead`].
+#[cfg(feature = "bulkhead")]
+pub use palisade_bulkhead as bulkhead;
+/// The fault injection layer: [`palisade_chaos`].
+#[cfg(feature = "chaos")]
+pub use palisade_chaos as chaos;
+/// The per-tenant rate limit layer: [`palisade_ratelimit`].
+#[cfg(feature = "ratelimit")]
+pub use palisade_ratelimit as ratelimit;
 /// The circuit breaker layer: [`palisade_breaker`].
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;

@@ -1,0 +1,1 @@
+//! palisade-bulkhead: being written.

@@ -1,0 +1,1 @@
+//! palisade-ratelimit: being written.
