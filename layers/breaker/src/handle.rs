@@ -218,7 +218,7 @@ impl<T: Hash> HashKey for T {
 
 impl<C: Send + Sync + 'static, K: Send + Sync> KeyedControl for Keyed<C, K> {
     fn get(&self, hash: u64) -> Option<BreakerHandle> {
-        Keyed::get(self, hash).map(BreakerHandle::new)
+        self.map.get(hash).map(BreakerHandle::new)
     }
 
     fn hash_of(&self, key: &dyn HashKey) -> u64 {
@@ -228,15 +228,15 @@ impl<C: Send + Sync + 'static, K: Send + Sync> KeyedControl for Keyed<C, K> {
                 self.0.hash_with(state);
             }
         }
-        self.hash(&Via(key))
+        self.map.hash(&Via(key))
     }
 
     fn len(&self) -> usize {
-        Keyed::len(self)
+        self.map.len()
     }
 
     fn overflowed(&self) -> u64 {
-        Keyed::overflowed(self)
+        self.map.overflowed()
     }
 
     fn open_circuits(&self) -> usize {

@@ -2,16 +2,15 @@
 //! published (tracing, health, audit).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::audit::{Audit, AuditEvent};
 use palisade_core::health::Component;
 use palisade_core::key::KeyExtractor;
+use palisade_core::keymap::KeyMap;
 use palisade_core::rng::SharedRng;
 use tokio::time::Instant;
 
@@ -102,8 +101,6 @@ pub(crate) struct Circuit<C> {
     pub(crate) machine: Machine,
     /// The key this circuit belongs to, for logs and audit (`None` for an unkeyed breaker).
     label: Option<String>,
-    /// Nanoseconds since the epoch at the last call (keyed mode only).
-    last_used: AtomicU64,
     rejected: AtomicU64,
 }
 
@@ -114,7 +111,6 @@ impl<C> Circuit<C> {
             machine: Machine::new(calls, secs),
             common,
             label,
-            last_used: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
     }
@@ -162,19 +158,6 @@ impl<C> Circuit<C> {
         ) {
             self.publish(tr);
         }
-    }
-
-    pub(crate) fn touch(&self, now: u64) {
-        if self.last_used.load(Ordering::Relaxed) != now {
-            self.last_used.store(now, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn is_idle(&self, now: u64, idle: u64) -> bool {
-        let w = self.machine.word();
-        machine::state_of(w) == machine::CLOSED
-            && machine::mode_of(w) == machine::NORMAL
-            && now.saturating_sub(self.last_used.load(Ordering::Relaxed)) >= idle
     }
 
     pub(crate) fn rejected(&self) -> u64 {
@@ -357,52 +340,33 @@ impl fmt::Display for ReasonText<'_> {
     }
 }
 
-/// The circuits of a keyed breaker: a bounded, sharded map from key hashes to circuits.
-///
-/// Keys are identified by a 64-bit SipHash with a per-process random key (the map stores no copy of
-/// the key, only a short label for logs): two distinct keys share a circuit only on a hash collision,
-/// with probability about n²/2⁶⁵ for n keys, and an attacker cannot aim for one.
+/// The circuits of a keyed breaker, in a bounded [`KeyMap`]: closed circuits unused for the idle timeout
+/// are evicted when room is needed; open ones and ones in use never are.
 pub(crate) struct Keyed<C, K> {
     pub(crate) common: Arc<Common<C>>,
     pub(crate) extractor: K,
-    hasher: RandomState,
-    shards: Box<[Shard<C>]>,
-    len: AtomicUsize,
+    pub(crate) map: KeyMap<Circuit<C>>,
     /// Requests whose key could not be extracted.
     pub(crate) default: Arc<Circuit<C>>,
     /// New keys when the map is full of busy or open circuits.
     pub(crate) overflow: Arc<Circuit<C>>,
-    overflowed: AtomicU64,
-    last_sweep: AtomicU64,
 }
 
-/// One shard of the keyed map: key hash to circuit.
-type Shard<C> = RwLock<HashMap<u64, Arc<Circuit<C>>>>;
-
-const SHARDS: usize = 16;
 const LABEL_MAX: usize = 64;
 
 impl<C, K> Keyed<C, K> {
     pub(crate) fn new(common: Arc<Common<C>>, extractor: K) -> Self {
+        let map = KeyMap::new(common.max_keys, common.idle_timeout).evict_if(|c: &Circuit<C>| {
+            let w = c.machine.word();
+            machine::state_of(w) == machine::CLOSED && machine::mode_of(w) == machine::NORMAL
+        });
         Keyed {
             default: Arc::new(Circuit::new(common.clone(), Some("(no key)".into()))),
             overflow: Arc::new(Circuit::new(common.clone(), Some("(overflow)".into()))),
             common,
             extractor,
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            len: AtomicUsize::new(0),
-            overflowed: AtomicU64::new(0),
-            last_sweep: AtomicU64::new(0),
+            map,
         }
-    }
-
-    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    fn shard(&self, hash: u64) -> &Shard<C> {
-        &self.shards[(hash >> 58) as usize % SHARDS]
     }
 
     /// The circuit for a request.
@@ -414,88 +378,18 @@ impl<C, K> Keyed<C, K> {
             Ok(key) => key,
             Err(_) => return self.default.clone(),
         };
-        let hash = self.hash(&key);
-        let now = self.common.now();
-        if let Some(c) = read(self.shard(hash)).get(&hash) {
-            c.touch(now);
-            return c.clone();
-        }
-        self.insert(hash, now, || {
-            let mut label = format!("{key:?}");
-            truncate(&mut label, LABEL_MAX);
-            label
-        })
-    }
-
-    #[cold]
-    fn insert(&self, hash: u64, now: u64, label: impl FnOnce() -> String) -> Arc<Circuit<C>> {
-        if self.len.load(Ordering::Relaxed) >= self.common.max_keys {
-            self.sweep(now);
-            if self.len.load(Ordering::Relaxed) >= self.common.max_keys {
-                self.overflowed.fetch_add(1, Ordering::Relaxed);
-                self.overflow.touch(now);
-                return self.overflow.clone();
-            }
-        }
-        let mut shard = write(self.shard(hash));
-        let c = shard.entry(hash).or_insert_with(|| {
-            self.len.fetch_add(1, Ordering::Relaxed);
-            Arc::new(Circuit::new(self.common.clone(), Some(label())))
-        });
-        c.touch(now);
-        c.clone()
-    }
-
-    /// Evicts closed circuits unused for the idle timeout and held by nothing else. Runs at most once
-    /// per quarter of the idle timeout (and at most once a second), so a flood of new keys against a
-    /// full map costs one sweep, not one per request.
-    fn sweep(&self, now: u64) {
-        let idle = nanos(self.common.idle_timeout);
-        let every = (idle / 4).max(1_000_000_000);
-        let last = self.last_sweep.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < every {
-            return;
-        }
-        if self
-            .last_sweep
-            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        let mut evicted = 0;
-        for shard in self.shards.iter() {
-            let mut map = write(shard);
-            map.retain(|_, c| {
-                let keep = Arc::strong_count(c) > 1 || !c.is_idle(now, idle);
-                evicted += usize::from(!keep);
-                keep
-            });
-        }
-        self.len.fetch_sub(evicted, Ordering::Relaxed);
-        if evicted > 0 {
-            tracing::debug!(breaker = %self.common.name, evicted, "evicted idle keyed circuits");
-        }
-    }
-
-    pub(crate) fn get(&self, hash: u64) -> Option<Arc<Circuit<C>>> {
-        read(self.shard(hash)).get(&hash).cloned()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn overflowed(&self) -> u64 {
-        self.overflowed.load(Ordering::Relaxed)
+        let hash = self.map.hash(&key);
+        self.map
+            .get_or_insert_with(hash, Instant::now(), || {
+                let mut label = format!("{key:?}");
+                truncate(&mut label, LABEL_MAX);
+                Circuit::new(self.common.clone(), Some(label))
+            })
+            .unwrap_or_else(|| self.overflow.clone())
     }
 
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<Circuit<C>>)) {
-        for shard in self.shards.iter() {
-            for c in read(shard).values() {
-                f(c);
-            }
-        }
+        self.map.for_each(|_, c| f(c));
         f(&self.default);
         f(&self.overflow);
     }
@@ -505,7 +399,7 @@ impl<C, K> fmt::Debug for Keyed<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyed")
             .field("name", &self.common.name)
-            .field("keys", &self.len())
+            .field("map", &self.map)
             .finish_non_exhaustive()
     }
 }
@@ -519,14 +413,4 @@ fn truncate(s: &mut String, max: usize) {
         s.truncate(end);
         s.push('…');
     }
-}
-
-/// A poisoned lock only means another thread panicked mid-update of a map of `Arc`s; the map is still
-/// consistent, so keep serving.
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }

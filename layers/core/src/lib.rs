@@ -26,6 +26,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod key;
+pub mod keymap;
 pub mod rng;
 mod time;
 

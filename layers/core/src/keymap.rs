@@ -1,0 +1,318 @@
+//! A bounded, sharded map from request keys to per-key state, for every keyed layer.
+//!
+//! Per-tenant rate limits, per-tenant bulkheads and per-host breakers all keep state per key, and every
+//! such map is an attack surface: an attacker sending random tenant ids must not grow memory without
+//! bound. [`KeyMap`] enforces that:
+//!
+//! - **A cap on keys** ([`KeyMap::new`]'s `max_keys`). When the map is full, a new key gets `None` from
+//!   [`get_or_insert_with`](KeyMap::get_or_insert_with) and the layer applies its documented overflow
+//!   policy (share an overflow bucket, reject, ...); [`overflowed`](KeyMap::overflowed) counts those.
+//! - **Idle eviction, driven by the map itself**: when a new key finds the map full, entries unused for
+//!   the idle timeout are swept out — at most once per quarter of the idle timeout (and at most once a
+//!   second), so a flood of new keys costs one sweep, not one per request. No background task.
+//! - **Nothing in use is evicted**: an entry whose state is still referenced (an in-flight request holds
+//!   its `Arc`) stays, and so does one the layer says must stay ([`evict_if`](KeyMap::evict_if), e.g. an
+//!   open circuit or a tenant under a penalty).
+//!
+//! Keys are stored as a 64-bit SipHash with a per-map random key, not as copies: memory per entry is fixed
+//! whatever the key's length, and lookups take the key by reference. Two distinct keys share an entry only
+//! on a hash collision, with probability about n²/2⁶⁵ for n keys; the random hash key means an attacker
+//! cannot aim for one.
+//!
+//! ```
+//! use palisade_core::keymap::KeyMap;
+//! use std::time::Duration;
+//! use tokio::time::Instant;
+//!
+//! let map: KeyMap<u32> = KeyMap::new(2, Duration::from_secs(60));
+//! let now = Instant::now();
+//! let a = map.get_or_insert_with(map.hash("acme"), now, || 1).unwrap();
+//! let b = map.get_or_insert_with(map.hash("globex"), now, || 2).unwrap();
+//! assert_eq!((*a, *b), (1, 2));
+//! // Full: a third tenant gets no entry of its own (the layer's overflow policy decides).
+//! assert!(map.get_or_insert_with(map.hash("initech"), now, || 3).is_none());
+//! assert_eq!(map.overflowed(), 1);
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+const SHARDS: usize = 16;
+
+struct Slot<V> {
+    value: Arc<V>,
+    /// Nanoseconds since the map's epoch at the last lookup.
+    last_used: AtomicU64,
+}
+
+type Shard<V> = RwLock<HashMap<u64, Slot<V>>>;
+
+/// A bounded map from key hashes to shared per-key state. See the [module docs](self).
+pub struct KeyMap<V> {
+    hasher: RandomState,
+    shards: Box<[Shard<V>]>,
+    len: AtomicUsize,
+    max_keys: usize,
+    idle: u64,
+    epoch: Instant,
+    last_sweep: AtomicU64,
+    overflowed: AtomicU64,
+    evictable: Box<dyn Fn(&V) -> bool + Send + Sync>,
+}
+
+impl<V> KeyMap<V> {
+    /// A map of at most `max_keys` entries (at least 1), evicting entries idle for `idle_timeout`.
+    pub fn new(max_keys: usize, idle_timeout: Duration) -> Self {
+        KeyMap {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            len: AtomicUsize::new(0),
+            max_keys: max_keys.max(1),
+            idle: nanos(idle_timeout),
+            epoch: Instant::now(),
+            last_sweep: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+            evictable: Box::new(|_| true),
+        }
+    }
+
+    /// Only entries for which `f` is true may be evicted (e.g. not an open circuit, not a penalised
+    /// tenant). Default: every idle, unreferenced entry.
+    pub fn evict_if(mut self, f: impl Fn(&V) -> bool + Send + Sync + 'static) -> Self {
+        self.evictable = Box::new(f);
+        self
+    }
+
+    /// The hash that identifies `key` in this map.
+    pub fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> &Shard<V> {
+        &self.shards[(hash >> 59) as usize % SHARDS]
+    }
+
+    fn ticks(&self, now: Instant) -> u64 {
+        nanos(now.saturating_duration_since(self.epoch))
+    }
+
+    /// The entry for `hash`, created with `make` if absent. `None` if the key is new and the map is full
+    /// even after sweeping idle entries (counted in [`overflowed`](Self::overflowed)).
+    ///
+    /// Looking up an existing key takes a shared (read) lock on one of 16 shards.
+    pub fn get_or_insert_with(&self, hash: u64, now: Instant, make: impl FnOnce() -> V) -> Option<Arc<V>> {
+        let ticks = self.ticks(now);
+        if let Some(slot) = read(self.shard(hash)).get(&hash) {
+            touch(slot, ticks);
+            return Some(slot.value.clone());
+        }
+        self.insert(hash, ticks, make)
+    }
+
+    #[cold]
+    fn insert(&self, hash: u64, ticks: u64, make: impl FnOnce() -> V) -> Option<Arc<V>> {
+        if self.len.load(Ordering::Relaxed) >= self.max_keys {
+            self.sweep_at(ticks, false);
+            if self.len.load(Ordering::Relaxed) >= self.max_keys {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let mut shard = write(self.shard(hash));
+        let slot = shard.entry(hash).or_insert_with(|| {
+            self.len.fetch_add(1, Ordering::Relaxed);
+            Slot {
+                value: Arc::new(make()),
+                last_used: AtomicU64::new(ticks),
+            }
+        });
+        touch(slot, ticks);
+        Some(slot.value.clone())
+    }
+
+    /// The entry for `hash`, if present (does not count as a use).
+    pub fn get(&self, hash: u64) -> Option<Arc<V>> {
+        read(self.shard(hash)).get(&hash).map(|s| s.value.clone())
+    }
+
+    /// Removes the entry for `hash`.
+    pub fn remove(&self, hash: u64) -> Option<Arc<V>> {
+        let removed = write(self.shard(hash)).remove(&hash).map(|s| s.value);
+        if removed.is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Evicts every idle, unreferenced, evictable entry now; returns how many. (The map also does this
+    /// by itself when it is full.)
+    pub fn sweep(&self, now: Instant) -> usize {
+        self.sweep_at(self.ticks(now), true)
+    }
+
+    fn sweep_at(&self, ticks: u64, forced: bool) -> usize {
+        if !forced {
+            let every = (self.idle / 4).max(1_000_000_000);
+            let last = self.last_sweep.load(Ordering::Relaxed);
+            if last != 0 && ticks.saturating_sub(last) < every {
+                return 0;
+            }
+            if self
+                .last_sweep
+                .compare_exchange(last, ticks.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return 0;
+            }
+        }
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            write(shard).retain(|_, slot| {
+                let idle = ticks.saturating_sub(slot.last_used.load(Ordering::Relaxed)) >= self.idle;
+                let keep = !idle || Arc::strong_count(&slot.value) > 1 || !(self.evictable)(&slot.value);
+                evicted += usize::from(!keep);
+                keep
+            });
+        }
+        self.len.fetch_sub(evicted, Ordering::Relaxed);
+        if evicted > 0 {
+            tracing::debug!(evicted, "evicted idle keyed state");
+        }
+        evicted
+    }
+
+    /// How many keys are tracked.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most keys tracked at once.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// How many new keys found the map full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f` with every entry (shard by shard, under a read lock: keep `f` short).
+    pub fn for_each(&self, mut f: impl FnMut(u64, &Arc<V>)) {
+        for shard in self.shards.iter() {
+            for (hash, slot) in read(shard).iter() {
+                f(*hash, &slot.value);
+            }
+        }
+    }
+}
+
+impl<V> fmt::Debug for KeyMap<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMap")
+            .field("len", &self.len())
+            .field("max_keys", &self.max_keys)
+            .field("idle", &Duration::from_nanos(self.idle))
+            .field("overflowed", &self.overflowed())
+            .finish()
+    }
+}
+
+fn touch<V>(slot: &Slot<V>, ticks: u64) {
+    // Skip the store when nothing changed, so hot keys read from many cores stay shared in cache.
+    if slot.last_used.load(Ordering::Relaxed) != ticks {
+        slot.last_used.store(ticks, Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the map of `Arc`s is still
+/// consistent (no entry is half-written), so keep serving.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_under_a_flood_of_new_keys() {
+        let map: KeyMap<u64> = KeyMap::new(100, Duration::from_secs(60));
+        let now = Instant::now();
+        let mut inserted = 0;
+        for i in 0..100_000u64 {
+            if map.get_or_insert_with(map.hash(&i), now, || i).is_some() {
+                inserted += 1;
+            }
+        }
+        assert_eq!(inserted, 100);
+        assert_eq!(map.len(), 100);
+        assert_eq!(map.overflowed(), 99_900);
+        // Existing keys are still found while full.
+        assert_eq!(*map.get_or_insert_with(map.hash(&7u64), now, || 0).unwrap(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_entries_make_room_but_busy_and_pinned_ones_stay() {
+        let map: KeyMap<AtomicBool> =
+            KeyMap::new(3, Duration::from_secs(60)).evict_if(|pinned: &AtomicBool| !pinned.load(Ordering::Relaxed));
+        let t0 = Instant::now();
+        let held = map.get_or_insert_with(map.hash("held"), t0, || AtomicBool::new(false)).unwrap();
+        let pinned = map.get_or_insert_with(map.hash("pinned"), t0, || AtomicBool::new(false)).unwrap();
+        pinned.store(true, Ordering::Relaxed);
+        drop(pinned);
+        map.get_or_insert_with(map.hash("idle"), t0, || AtomicBool::new(false));
+        assert!(map.get_or_insert_with(map.hash("new"), t0, || AtomicBool::new(false)).is_none());
+
+        // A key used recently is not idle.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        map.get_or_insert_with(map.hash("idle"), Instant::now(), || AtomicBool::new(false));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert!(map.get_or_insert_with(map.hash("new"), Instant::now(), || AtomicBool::new(false)).is_none());
+
+        // Later: "idle" has been idle long enough and goes; "held" is referenced; "pinned" is pinned.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(map.get_or_insert_with(map.hash("new"), Instant::now(), || AtomicBool::new(false)).is_some());
+        assert!(map.get(map.hash("idle")).is_none());
+        assert!(map.get(map.hash("held")).is_some());
+        assert!(map.get(map.hash("pinned")).is_some());
+        drop(held);
+        assert_eq!(map.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeps_are_rate_limited() {
+        let map: KeyMap<()> = KeyMap::new(1, Duration::from_secs(8));
+        map.get_or_insert_with(map.hash(&1), Instant::now(), || ());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // The first full insert sweeps and makes room.
+        assert!(map.get_or_insert_with(map.hash(&2), Instant::now(), || ()).is_some());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // 10 s later the next sweep is allowed (every max(8 s / 4, 1 s) = 2 s).
+        assert!(map.get_or_insert_with(map.hash(&3), Instant::now(), || ()).is_some());
+        // Immediately after, no sweep runs: the new key overflows although key 2 is idle-free anyway.
+        assert!(map.get_or_insert_with(map.hash(&4), Instant::now(), || ()).is_none());
+        assert_eq!(map.sweep(Instant::now()), 0, "key 3 was just used");
+        assert_eq!(map.remove(map.hash(&3)).map(|_| ()), Some(()));
+        assert!(map.is_empty());
+    }
+}
