@@ -42,6 +42,12 @@ pub use palisade_core::{audit, classify, error, grpc, health, key, rng, BoxError
 /// The bulkhead layer: [`palisade_bulkhead`].
 #[cfg(feature = "bulkhead")]
 pub use palisade_bulkhead as bulkhead;
+/// The degradation gate: [`palisade_degrade`].
+#[cfg(feature = "degrade")]
+pub use palisade_degrade as degrade;
+/// The fallback layer: [`palisade_fallback`].
+#[cfg(feature = "fallback")]
+pub use palisade_fallback as fallback;
 /// The fault injection layer: [`palisade_chaos`].
 #[cfg(feature = "chaos")]
 pub use palisade_chaos as chaos;
