@@ -28,6 +28,7 @@ pub mod health;
 pub mod key;
 pub mod keymap;
 pub mod rng;
+pub mod signal;
 mod time;
 
 pub use error::{BoxError, Rejection};
