@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod ops;
 pub mod rescue;
 
 pub use palisade_core::{audit, classify, error, grpc, health, key, rng, BoxError, Rejection};

@@ -1,0 +1,163 @@
+//! `/healthz`, `/readyz` and `/palisade/status` over a real axum server on loopback: readiness follows a
+//! circuit breaker open and closed.
+#![cfg(feature = "breaker")]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use palisade::audit::Audit;
+use palisade::breaker::{CircuitBreakerLayer, CircuitState};
+use palisade::health::{ComponentKind, Health, HealthState};
+use palisade::ops::{HealthEndpoint, StatusEndpoint, StatusRegistry};
+use palisade::rescue::RescueLayer;
+use serde_json::Value;
+use tower::ServiceBuilder;
+
+async fn send(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, Bytes) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("answers within 10 s")
+        .expect("a response");
+    let status = res.status();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn json(body: &Bytes) -> Value {
+    serde_json::from_slice(body).expect("JSON")
+}
+
+#[tokio::test]
+async fn readiness_follows_the_breaker() {
+    let health = Health::new();
+    health.register("app", ComponentKind::Liveness).healthy();
+    let (audit, _log) = Audit::memory(100);
+    let breaker = CircuitBreakerLayer::builder()
+        .name("work")
+        .no_failure_rate()
+        .consecutive_failures(2)
+        // The wait has passed by the next request: it is a probe, and its success closes the circuit.
+        .open_wait(Duration::from_nanos(1), Duration::from_nanos(1))
+        .jitter(0.0)
+        .health(&health)
+        .audit(&audit)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let registry = StatusRegistry::new();
+    registry.register("breaker.work", handle.clone());
+    registry.register("audit", audit.clone());
+
+    let work = Router::new()
+        .route(
+            "/work",
+            get(|req: Request<Body>| async move {
+                if req.uri().query() == Some("fail") {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "boom")
+                } else {
+                    (StatusCode::OK, "done")
+                }
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RescueLayer::new())
+                .layer(breaker),
+        );
+    let app = work
+        .route_service("/healthz", HealthEndpoint::liveness(&health))
+        .route_service(
+            "/readyz",
+            HealthEndpoint::readiness(&health).fail_when(HealthState::Degraded),
+        )
+        .route_service("/palisade/status", StatusEndpoint::new(registry));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (status, body) = send(addr, Method::GET, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let ready = json(&body);
+    assert_eq!(ready["status"], "healthy");
+    assert_eq!(ready["components"][0]["name"], "breaker.work");
+    assert_eq!(ready["components"][0]["state"], "healthy");
+
+    // Two failures open the circuit: readiness degrades, which this endpoint treats as failing.
+    for _ in 0..2 {
+        assert_eq!(
+            send(addr, Method::GET, "/work?fail").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    assert_eq!(handle.state(), CircuitState::Open);
+    let (status, body) = send(addr, Method::GET, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let ready = json(&body);
+    assert_eq!(ready["status"], "degraded");
+    let c = &ready["components"][0];
+    assert_eq!(c["name"], "breaker.work");
+    assert_eq!(c["kind"], "readiness");
+    assert_eq!(c["state"], "degraded");
+    assert_eq!(c["reason"], "circuit open: 2 consecutive failures");
+    assert!(
+        c["since"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z') && s.len() == 24),
+        "{c}"
+    );
+    assert!(
+        c.get("check").is_none() && c.get("for_ms").is_none(),
+        "details only with ?verbose"
+    );
+
+    let (_, body) = send(addr, Method::GET, "/readyz?verbose").await;
+    let verbose = json(&body);
+    assert!(verbose["components"][0]["for_ms"].is_u64());
+    assert!(verbose["components"][0].get("check").is_some());
+
+    let (status, body) = send(addr, Method::HEAD, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.is_empty());
+
+    // Liveness does not include readiness components.
+    let (status, body) = send(addr, Method::GET, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["components"].as_array().unwrap().len(), 1);
+
+    // A successful probe closes the circuit, and readiness recovers.
+    assert_eq!(send(addr, Method::GET, "/work").await.0, StatusCode::OK);
+    assert_eq!(handle.state(), CircuitState::Closed);
+    let (status, body) = send(addr, Method::GET, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["status"], "healthy");
+
+    let (status, body) = send(addr, Method::GET, "/palisade/status").await;
+    assert_eq!(status, StatusCode::OK);
+    let snapshot = json(&body);
+    assert_eq!(snapshot["breaker.work"]["state"], "closed");
+    assert_eq!(snapshot["breaker.work"]["mode"], "normal");
+    audit.flush().await.unwrap();
+    let (_, body) = send(addr, Method::GET, "/palisade/status").await;
+    let snapshot = json(&body);
+    assert_eq!(
+        snapshot["audit"]["head"]["seq"], 3,
+        "opened, half-open, closed"
+    );
+    assert_eq!(snapshot["audit"]["dropped"], 0);
+
+    let (status, _) = send(addr, Method::POST, "/readyz").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
