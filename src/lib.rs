@@ -49,6 +49,9 @@ pub use palisade_degrade as degrade;
 /// The fallback layer: [`palisade_fallback`].
 #[cfg(feature = "fallback")]
 pub use palisade_fallback as fallback;
+/// The Idempotency-Key layer: [`palisade_idempotency`].
+#[cfg(feature = "idempotency")]
+pub use palisade_idempotency as idempotency;
 /// The fault injection layer: [`palisade_chaos`].
 #[cfg(feature = "chaos")]
 pub use palisade_chaos as chaos;
