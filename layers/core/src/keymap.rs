@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -51,7 +51,30 @@ struct Slot<V> {
     last_used: AtomicU64,
 }
 
-type Shard<V> = RwLock<HashMap<u64, Slot<V>>>;
+/// The keys are already SipHash values: hashing them again would be wasted work on every lookup.
+/// The shard is chosen by the top bits, so the in-shard table gets the hash rotated to put other bits
+/// where `hashbrown` looks (low bits for the bucket, top bits for the control tag).
+#[derive(Default, Clone, Copy)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here (`write_u64`); fold anything else in rather than panic.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.rotate_left(32);
+    }
+}
+
+type Shard<V> = RwLock<HashMap<u64, Slot<V>, BuildHasherDefault<PreHashed>>>;
 
 /// A bounded map from key hashes to shared per-key state. See the [module docs](self).
 pub struct KeyMap<V> {
@@ -71,7 +94,7 @@ impl<V> KeyMap<V> {
     pub fn new(max_keys: usize, idle_timeout: Duration) -> Self {
         KeyMap {
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::default())).collect(),
             len: AtomicUsize::new(0),
             max_keys: max_keys.max(1),
             idle: nanos(idle_timeout),
