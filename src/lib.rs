@@ -70,5 +70,5 @@ pub use palisade_timeout as timeout;
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]
-#[cfg(all(doctest, feature = "breaker", feature = "timeout", feature = "retry"))]
+#[cfg(all(doctest, feature = "full"))]
 pub struct ReadmeDoctests;

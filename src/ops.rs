@@ -280,6 +280,61 @@ impl StatusSource for palisade_breaker::KeyedBreakerHandle {
     }
 }
 
+#[cfg(feature = "ratelimit")]
+impl StatusSource for palisade_ratelimit::RateLimitHandle {
+    fn status(&self) -> Value {
+        let tiers: serde_json::Map<String, Value> = self
+            .metrics()
+            .into_iter()
+            .map(|t| {
+                let rate = json!({
+                    "limit": t.rate.limit(),
+                    "period_ms": t.rate.period().as_millis() as u64,
+                    "burst": t.rate.burst_size(),
+                });
+                (
+                    t.name.to_string(),
+                    json!({ "rate": rate, "admitted": t.admitted, "rejected": t.rejected }),
+                )
+            })
+            .collect();
+        json!({
+            "tiers": tiers,
+            "tracked_tenants": self.tracked_tenants(),
+            "overflowed": self.overflowed(),
+            "load": self.load_signal().map(|l| l.get()),
+        })
+    }
+}
+
+#[cfg(feature = "bulkhead")]
+impl StatusSource for palisade_bulkhead::BulkheadHandle {
+    fn status(&self) -> Value {
+        json!({
+            "in_flight": self.in_flight(),
+            "queued": self.queued(),
+            "available": self.available(),
+            "max_concurrent": self.max_concurrent(),
+            "rejected": self.rejected(),
+            "saturated": self.is_saturated(),
+        })
+    }
+}
+
+#[cfg(feature = "degrade")]
+impl StatusSource for palisade_degrade::GateHandle {
+    fn status(&self) -> Value {
+        json!({
+            "level": self.level().as_str(),
+            "manual_level": self.manual_level().map(|l| l.as_str()),
+            "auto": self.is_auto(),
+            "shed": self.shed_total(),
+            "read_only_refused": self.read_only_total(),
+            "load": self.load_signal().get(),
+        })
+    }
+}
+
 /// Named status sources, shared by clones: register every layer's handle once at startup.
 #[derive(Clone, Default)]
 pub struct StatusRegistry {

@@ -161,3 +161,36 @@ async fn readiness_follows_the_breaker() {
     let (status, _) = send(addr, Method::POST, "/readyz").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[cfg(all(feature = "ratelimit", feature = "bulkhead", feature = "degrade"))]
+#[tokio::test]
+async fn status_snapshot_covers_every_layer_handle() {
+    use palisade::bulkhead::BulkheadLayer;
+    use palisade::degrade::{GateLayer, Level};
+    use palisade::key::HeaderKey;
+    use palisade::ratelimit::{Rate, RateLimitLayer};
+
+    let rate_limit = RateLimitLayer::builder(HeaderKey::from_static("x-tenant-id"))
+        .default_rate(Rate::per_second(10).burst(5))
+        .build()
+        .unwrap();
+    let bulkhead = BulkheadLayer::builder().max_concurrent(8).build().unwrap();
+    let gate = GateLayer::builder().build().unwrap();
+    let registry = StatusRegistry::new();
+    registry
+        .register("ratelimit", rate_limit.handle())
+        .register("bulkhead", bulkhead.handle())
+        .register("gate", gate.handle());
+    gate.handle().set_level(Level::Degraded, "test");
+
+    let snapshot = registry.snapshot();
+    assert_eq!(snapshot["gate"]["level"], "degraded");
+    assert_eq!(snapshot["gate"]["load"], 0.5);
+    assert_eq!(snapshot["bulkhead"]["max_concurrent"], 8);
+    assert_eq!(snapshot["bulkhead"]["in_flight"], 0);
+    assert_eq!(
+        snapshot["ratelimit"]["tiers"]["default"]["rate"]["burst"],
+        5
+    );
+    assert_eq!(snapshot["ratelimit"]["tracked_tenants"], 0);
+}
