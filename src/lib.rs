@@ -40,9 +40,15 @@ pub mod rescue;
 
 pub use palisade_core::{audit, classify, error, grpc, health, key, rng, BoxError, Rejection};
 
+/// The circuit breaker layer: [`palisade_breaker`].
+#[cfg(feature = "breaker")]
+pub use palisade_breaker as breaker;
 /// The bulkhead layer: [`palisade_bulkhead`].
 #[cfg(feature = "bulkhead")]
 pub use palisade_bulkhead as bulkhead;
+/// The fault injection layer: [`palisade_chaos`].
+#[cfg(feature = "chaos")]
+pub use palisade_chaos as chaos;
 /// The degradation gate: [`palisade_degrade`].
 #[cfg(feature = "degrade")]
 pub use palisade_degrade as degrade;
@@ -52,15 +58,9 @@ pub use palisade_fallback as fallback;
 /// The Idempotency-Key layer: [`palisade_idempotency`].
 #[cfg(feature = "idempotency")]
 pub use palisade_idempotency as idempotency;
-/// The fault injection layer: [`palisade_chaos`].
-#[cfg(feature = "chaos")]
-pub use palisade_chaos as chaos;
 /// The per-tenant rate limit layer: [`palisade_ratelimit`].
 #[cfg(feature = "ratelimit")]
 pub use palisade_ratelimit as ratelimit;
-/// The circuit breaker layer: [`palisade_breaker`].
-#[cfg(feature = "breaker")]
-pub use palisade_breaker as breaker;
 /// The retry layer: [`palisade_retry`].
 #[cfg(feature = "retry")]
 pub use palisade_retry as retry;

@@ -94,7 +94,9 @@ impl<V> KeyMap<V> {
     pub fn new(max_keys: usize, idle_timeout: Duration) -> Self {
         KeyMap {
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
             len: AtomicUsize::new(0),
             max_keys: max_keys.max(1),
             idle: nanos(idle_timeout),
@@ -129,7 +131,12 @@ impl<V> KeyMap<V> {
     /// even after sweeping idle entries (counted in [`overflowed`](Self::overflowed)).
     ///
     /// Looking up an existing key takes a shared (read) lock on one of 16 shards.
-    pub fn get_or_insert_with(&self, hash: u64, now: Instant, make: impl FnOnce() -> V) -> Option<Arc<V>> {
+    pub fn get_or_insert_with(
+        &self,
+        hash: u64,
+        now: Instant,
+        make: impl FnOnce() -> V,
+    ) -> Option<Arc<V>> {
         let ticks = self.ticks(now);
         if let Some(slot) = read(self.shard(hash)).get(&hash) {
             touch(slot, ticks);
@@ -197,8 +204,10 @@ impl<V> KeyMap<V> {
         let mut evicted = 0;
         for shard in self.shards.iter() {
             write(shard).retain(|_, slot| {
-                let idle = ticks.saturating_sub(slot.last_used.load(Ordering::Relaxed)) >= self.idle;
-                let keep = !idle || Arc::strong_count(&slot.value) > 1 || !(self.evictable)(&slot.value);
+                let idle =
+                    ticks.saturating_sub(slot.last_used.load(Ordering::Relaxed)) >= self.idle;
+                let keep =
+                    !idle || Arc::strong_count(&slot.value) > 1 || !(self.evictable)(&slot.value);
                 evicted += usize::from(!keep);
                 keep
             });
@@ -291,30 +300,43 @@ mod tests {
         assert_eq!(map.len(), 100);
         assert_eq!(map.overflowed(), 99_900);
         // Existing keys are still found while full.
-        assert_eq!(*map.get_or_insert_with(map.hash(&7u64), now, || 0).unwrap(), 7);
+        assert_eq!(
+            *map.get_or_insert_with(map.hash(&7u64), now, || 0).unwrap(),
+            7
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_entries_make_room_but_busy_and_pinned_ones_stay() {
-        let map: KeyMap<AtomicBool> =
-            KeyMap::new(3, Duration::from_secs(60)).evict_if(|pinned: &AtomicBool| !pinned.load(Ordering::Relaxed));
+        let map: KeyMap<AtomicBool> = KeyMap::new(3, Duration::from_secs(60))
+            .evict_if(|pinned: &AtomicBool| !pinned.load(Ordering::Relaxed));
         let t0 = Instant::now();
-        let held = map.get_or_insert_with(map.hash("held"), t0, || AtomicBool::new(false)).unwrap();
-        let pinned = map.get_or_insert_with(map.hash("pinned"), t0, || AtomicBool::new(false)).unwrap();
+        let held = map
+            .get_or_insert_with(map.hash("held"), t0, || AtomicBool::new(false))
+            .unwrap();
+        let pinned = map
+            .get_or_insert_with(map.hash("pinned"), t0, || AtomicBool::new(false))
+            .unwrap();
         pinned.store(true, Ordering::Relaxed);
         drop(pinned);
         map.get_or_insert_with(map.hash("idle"), t0, || AtomicBool::new(false));
-        assert!(map.get_or_insert_with(map.hash("new"), t0, || AtomicBool::new(false)).is_none());
+        assert!(map
+            .get_or_insert_with(map.hash("new"), t0, || AtomicBool::new(false))
+            .is_none());
 
         // A key used recently is not idle.
         tokio::time::advance(Duration::from_secs(30)).await;
         map.get_or_insert_with(map.hash("idle"), Instant::now(), || AtomicBool::new(false));
         tokio::time::advance(Duration::from_secs(40)).await;
-        assert!(map.get_or_insert_with(map.hash("new"), Instant::now(), || AtomicBool::new(false)).is_none());
+        assert!(map
+            .get_or_insert_with(map.hash("new"), Instant::now(), || AtomicBool::new(false))
+            .is_none());
 
         // Later: "idle" has been idle long enough and goes; "held" is referenced; "pinned" is pinned.
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(map.get_or_insert_with(map.hash("new"), Instant::now(), || AtomicBool::new(false)).is_some());
+        assert!(map
+            .get_or_insert_with(map.hash("new"), Instant::now(), || AtomicBool::new(false))
+            .is_some());
         assert!(map.get(map.hash("idle")).is_none());
         assert!(map.get(map.hash("held")).is_some());
         assert!(map.get(map.hash("pinned")).is_some());
@@ -328,12 +350,18 @@ mod tests {
         map.get_or_insert_with(map.hash(&1), Instant::now(), || ());
         tokio::time::advance(Duration::from_secs(10)).await;
         // The first full insert sweeps and makes room.
-        assert!(map.get_or_insert_with(map.hash(&2), Instant::now(), || ()).is_some());
+        assert!(map
+            .get_or_insert_with(map.hash(&2), Instant::now(), || ())
+            .is_some());
         tokio::time::advance(Duration::from_secs(10)).await;
         // 10 s later the next sweep is allowed (every max(8 s / 4, 1 s) = 2 s).
-        assert!(map.get_or_insert_with(map.hash(&3), Instant::now(), || ()).is_some());
+        assert!(map
+            .get_or_insert_with(map.hash(&3), Instant::now(), || ())
+            .is_some());
         // Immediately after, no sweep runs: the new key overflows although key 2 is idle-free anyway.
-        assert!(map.get_or_insert_with(map.hash(&4), Instant::now(), || ()).is_none());
+        assert!(map
+            .get_or_insert_with(map.hash(&4), Instant::now(), || ())
+            .is_none());
         assert_eq!(map.sweep(Instant::now()), 0, "key 3 was just used");
         assert_eq!(map.remove(map.hash(&3)).map(|_| ()), Some(()));
         assert!(map.is_empty());

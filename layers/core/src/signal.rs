@@ -39,7 +39,11 @@ impl LoadSignal {
 
     /// Sets the load; values are clamped to `[0, 1]` and NaN counts as 0.
     pub fn set(&self, load: f64) {
-        let v = if load.is_nan() { 0.0 } else { load.clamp(0.0, 1.0) };
+        let v = if load.is_nan() {
+            0.0
+        } else {
+            load.clamp(0.0, 1.0)
+        };
         self.bits.store(v.to_bits(), Ordering::Relaxed);
     }
 }

@@ -10,9 +10,9 @@ use palisade_core::audit::Audit;
 
 use crate::gcra::{Penalty, Rate};
 use crate::limiter::{Limiter, Tier};
-use palisade_core::signal::LoadSignal;
 use crate::store::{MemoryStore, Store};
 use crate::RateLimitLayer;
+use palisade_core::signal::LoadSignal;
 
 pub(crate) const DEFAULT_TIER: &str = "default";
 pub(crate) const ANONYMOUS_TIER: &str = "anonymous";

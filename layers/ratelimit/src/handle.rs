@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::config::BuildError;
 use crate::gcra::{Decision, Rate};
 use crate::limiter::{label, read, Limiter};
-use palisade_core::signal::LoadSignal;
 use crate::store::{Bucket, Store};
+use palisade_core::signal::LoadSignal;
 
 /// Admits and rejects of one tier (or of the global limit, named `"global"`, which counts only its
 /// own rejections).

@@ -96,7 +96,7 @@ mod store;
 pub use config::{BuildError, Builder, MissingKey};
 pub use gcra::{Cell, Decision, Gcra, Op, Penalty, Rate, Streak};
 pub use handle::{Check, RateLimitHandle, TierMetrics};
-pub use palisade_core::signal::LoadSignal;
 pub use palisade_core::error::{Quota, RateLimited};
+pub use palisade_core::signal::LoadSignal;
 pub use service::{RateLimit, RateLimitLayer, ResponseFuture};
 pub use store::{Bucket, MemoryStore, Store};

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use crate::config::{BuildError, MissingKey};
 use crate::gcra::{nanos, Cell, Decision, Gcra, Op, Penalty, Rate, Streak};
-use palisade_core::signal::LoadSignal;
 use crate::store::{Bucket, Store};
+use palisade_core::signal::LoadSignal;
 
 /// One tier: a named rate, changeable at runtime, with its counters.
 pub(crate) struct Tier {
