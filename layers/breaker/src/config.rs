@@ -1,7 +1,6 @@
 //! The builder: every knob of a breaker, validated once in `build()`.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,38 +13,10 @@ use crate::machine::Thresholds;
 use crate::shared::{Circuit, Common, Keyed};
 use crate::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
 
-/// A breaker configuration that cannot work, named by the setting that is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    setting: &'static str,
-    problem: Cow<'static, str>,
-}
+pub use palisade_core::config::BuildError;
 
-impl BuildError {
-    fn new(setting: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
-        BuildError {
-            setting,
-            problem: problem.into(),
-        }
-    }
-
-    /// The setting that is wrong, e.g. `"failure_rate"`.
-    pub fn setting(&self) -> &str {
-        self.setting
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid circuit breaker setting `{}`: {}",
-            self.setting, self.problem
-        )
-    }
-}
-
-impl std::error::Error for BuildError {}
+/// The layer name in this crate's [`BuildError`]s.
+pub(crate) const LAYER: &str = "circuit breaker";
 
 /// Builds a [`CircuitBreakerLayer`] (or, with [`keyed`](Builder::keyed), a keyed one).
 ///
@@ -253,6 +224,7 @@ impl<C> Builder<C> {
         if let Some(r) = self.failure_rate {
             if !rate_ok(r) {
                 return Err(BuildError::new(
+                    LAYER,
                     "failure_rate",
                     format!("{r} is not in (0, 1]"),
                 ));
@@ -261,12 +233,14 @@ impl<C> Builder<C> {
         if let Some((threshold, r)) = self.slow {
             if !rate_ok(r) {
                 return Err(BuildError::new(
+                    LAYER,
                     "slow_call_rate",
                     format!("rate {r} is not in (0, 1]"),
                 ));
             }
             if threshold.is_zero() {
                 return Err(BuildError::new(
+                    LAYER,
                     "slow_call_rate",
                     "the slow-call threshold must be above zero",
                 ));
@@ -274,16 +248,22 @@ impl<C> Builder<C> {
         }
         if self.consecutive_failures == 0 && self.failure_rate.is_none() && self.slow.is_none() {
             return Err(BuildError::new(
+                LAYER,
                 "consecutive_failures",
                 "no trip strategy: set consecutive_failures, failure_rate or slow_call_rate",
             ));
         }
         if self.window_calls == Some(0) {
-            return Err(BuildError::new("window_calls", "a window of 0 calls"));
+            return Err(BuildError::new(
+                LAYER,
+                "window_calls",
+                "a window of 0 calls",
+            ));
         }
         if let Some(w) = self.window_time {
             if w < Duration::from_secs(1) || w > Duration::from_secs(3600) {
                 return Err(BuildError::new(
+                    LAYER,
                     "window_time",
                     format!("{w:?} is not between 1 s and 1 h"),
                 ));
@@ -291,6 +271,7 @@ impl<C> Builder<C> {
         }
         if self.probes == 0 || self.probes > 1000 {
             return Err(BuildError::new(
+                LAYER,
                 "half_open_probes",
                 "must be between 1 and 1000",
             ));
@@ -298,24 +279,31 @@ impl<C> Builder<C> {
         let successes = self.successes_to_close.unwrap_or(self.probes);
         if successes == 0 || successes > 60_000 {
             return Err(BuildError::new(
+                LAYER,
                 "successes_to_close",
                 "must be between 1 and 60000",
             ));
         }
         if self.wait_base.is_zero() || self.wait_max < self.wait_base {
             return Err(BuildError::new(
+                LAYER,
                 "open_wait",
                 "base must be above zero and max at least base",
             ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(BuildError::new(
+                LAYER,
                 "jitter",
                 format!("{} is not in [0, 1]", self.jitter),
             ));
         }
         if self.half_open_max_wait.is_zero() {
-            return Err(BuildError::new("half_open_max_wait", "must be above zero"));
+            return Err(BuildError::new(
+                LAYER,
+                "half_open_max_wait",
+                "must be above zero",
+            ));
         }
         Ok(Thresholds {
             consecutive_failures: self.consecutive_failures,
@@ -346,7 +334,7 @@ impl<C> Builder<C> {
         let thresholds = self.thresholds()?;
         let windows = self.windows();
         if keyed && self.max_keys == 0 {
-            return Err(BuildError::new("max_keys", "must be at least 1"));
+            return Err(BuildError::new(LAYER, "max_keys", "must be at least 1"));
         }
         let component = self
             .health

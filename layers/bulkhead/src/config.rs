@@ -1,7 +1,6 @@
 //! The builder: every knob of a bulkhead, validated once in `build()`.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,38 +13,10 @@ use crate::service::{Inner, Unkeyed};
 use crate::shared::{MissingKey, Queue, Shared, SharedConfig, Tenants, UNLIMITED};
 use crate::BulkheadLayer;
 
-/// A bulkhead configuration that cannot work, named by the setting that is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    setting: &'static str,
-    problem: Cow<'static, str>,
-}
+pub use palisade_core::config::BuildError;
 
-impl BuildError {
-    fn new(setting: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
-        BuildError {
-            setting,
-            problem: problem.into(),
-        }
-    }
-
-    /// The setting that is wrong, e.g. `"max_concurrent"`.
-    pub fn setting(&self) -> &str {
-        self.setting
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid bulkhead setting `{}`: {}",
-            self.setting, self.problem
-        )
-    }
-}
-
-impl std::error::Error for BuildError {}
+/// The layer name in this crate's [`BuildError`]s.
+pub(crate) const LAYER: &str = "bulkhead";
 
 /// Builds a [`BulkheadLayer`].
 ///
@@ -262,17 +233,23 @@ impl<K, P> Builder<K, P> {
 
     fn validate(&self) -> Result<Option<Queue>, BuildError> {
         if self.max_concurrent == 0 {
-            return Err(BuildError::new("max_concurrent", "must be at least 1"));
+            return Err(BuildError::new(
+                LAYER,
+                "max_concurrent",
+                "must be at least 1",
+            ));
         }
         if let Some(n) = self.max_per_tenant {
             if !self.keyed {
                 return Err(BuildError::new(
+                    LAYER,
                     "max_per_tenant",
                     "a per-tenant limit needs a keyed bulkhead: call keyed(extractor)",
                 ));
             }
             if n == 0 || n > self.max_concurrent {
                 return Err(BuildError::new(
+                    LAYER,
                     "max_per_tenant",
                     format!(
                         "{n} is not between 1 and max_concurrent ({})",
@@ -282,7 +259,7 @@ impl<K, P> Builder<K, P> {
             }
         }
         if self.keyed && self.max_keys == 0 {
-            return Err(BuildError::new("max_keys", "must be at least 1"));
+            return Err(BuildError::new(LAYER, "max_keys", "must be at least 1"));
         }
         let Some((max_len, max_wait)) = self.queue else {
             for (set, setting) in [
@@ -294,6 +271,7 @@ impl<K, P> Builder<K, P> {
             ] {
                 if set {
                     return Err(BuildError::new(
+                        LAYER,
                         setting,
                         "applies to the queue: configure one with queue(max_len, max_wait)",
                     ));
@@ -302,23 +280,32 @@ impl<K, P> Builder<K, P> {
             return Ok(None);
         };
         if max_len == 0 {
-            return Err(BuildError::new("queue", "max_len must be at least 1"));
+            return Err(BuildError::new(
+                LAYER,
+                "queue",
+                "max_len must be at least 1",
+            ));
         }
         if max_wait.is_zero() {
-            return Err(BuildError::new("queue", "max_wait must be above zero"));
+            return Err(BuildError::new(
+                LAYER,
+                "queue",
+                "max_wait must be above zero",
+            ));
         }
         if self.max_queued_per_tenant == Some(0) {
             return Err(BuildError::new(
+                LAYER,
                 "max_queued_per_tenant",
                 "must be at least 1",
             ));
         }
         let aging = self.aging.unwrap_or(max_wait / 2);
         if aging.is_zero() {
-            return Err(BuildError::new("aging", "must be above zero"));
+            return Err(BuildError::new(LAYER, "aging", "must be above zero"));
         }
         if self.quantum == 0 {
-            return Err(BuildError::new("quantum", "must be at least 1"));
+            return Err(BuildError::new(LAYER, "quantum", "must be at least 1"));
         }
         Ok(Some(Queue {
             max_len,

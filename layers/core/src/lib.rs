@@ -22,6 +22,7 @@
 
 pub mod audit;
 pub mod classify;
+pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod health;

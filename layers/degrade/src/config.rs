@@ -27,48 +27,10 @@ pub const READ_ONLY_VAR: &str = "PALISADE_READ_ONLY";
 /// the gate at; empty says nothing.
 pub const LEVEL_VAR: &str = "PALISADE_GATE_LEVEL";
 
-/// A gate configuration that cannot work, named by the setting (or environment variable) that is
-/// wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    setting: &'static str,
-    problem: Cow<'static, str>,
-}
+pub use palisade_core::config::BuildError;
 
-impl BuildError {
-    fn new(setting: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
-        BuildError {
-            setting,
-            problem: problem.into(),
-        }
-    }
-
-    /// The setting that is wrong, e.g. `"auto_error_rate"`, or the environment variable, e.g.
-    /// `"PALISADE_READ_ONLY"`.
-    pub fn setting(&self) -> &str {
-        self.setting
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.setting.starts_with("PALISADE_") {
-            write!(
-                f,
-                "invalid environment variable `{}`: {}",
-                self.setting, self.problem
-            )
-        } else {
-            write!(
-                f,
-                "invalid degradation gate setting `{}`: {}",
-                self.setting, self.problem
-            )
-        }
-    }
-}
-
-impl std::error::Error for BuildError {}
+/// The layer name in this crate's [`BuildError`]s.
+pub(crate) const LAYER: &str = "degradation gate";
 
 /// Builds a [`GateLayer`].
 ///
@@ -186,6 +148,7 @@ fn parse_flag(name: &'static str, value: &str) -> Result<bool, BuildError> {
             .flat_map(char::escape_debug)
             .collect();
         Err(BuildError::new(
+            LAYER,
             name,
             format!("\"{shown}\" is not one of 1, true, yes, on, 0, false, no, off"),
         ))
@@ -280,7 +243,7 @@ impl<C> Builder<C> {
                 Ok(_) => {}
                 Err(e) => {
                     self.env_error
-                        .get_or_insert(BuildError::new(LEVEL_VAR, e.to_string()));
+                        .get_or_insert(BuildError::new(LAYER, LEVEL_VAR, e.to_string()));
                 }
             }
         }
@@ -296,6 +259,7 @@ impl<C> Builder<C> {
     pub fn floor(mut self, level: Level, lowest_admitted: Priority) -> Self {
         if matches!(level, Level::Normal | Level::Maintenance) {
             self.floor_error.get_or_insert(BuildError::new(
+                LAYER,
                 "floor",
                 format!("the floor of {level} cannot be changed"),
             ));
@@ -511,6 +475,7 @@ impl<C> Builder<C> {
         }
         if self.floors[Level::Degraded.index()] > self.floors[Level::Critical.index()] {
             return Err(BuildError::new(
+                LAYER,
                 "floor",
                 "Critical must admit no more than Degraded",
             ));
@@ -518,6 +483,7 @@ impl<C> Builder<C> {
         for (i, (prefix, _)) in self.routes.iter().enumerate() {
             if !prefix.starts_with('/') || prefix.len() > 1024 {
                 return Err(BuildError::new(
+                    LAYER,
                     "route",
                     format!(
                         "prefix \"{}\" must start with `/` and be at most 1024 bytes",
@@ -527,6 +493,7 @@ impl<C> Builder<C> {
             }
             if self.routes[..i].iter().any(|(p, _)| p == prefix) {
                 return Err(BuildError::new(
+                    LAYER,
                     "route",
                     format!("prefix \"{}\" is given twice", prefix.escape_debug()),
                 ));
@@ -534,16 +501,21 @@ impl<C> Builder<C> {
         }
         if self.degraded_at > self.unhealthy_at {
             return Err(BuildError::new(
+                LAYER,
                 "health_levels",
                 "degraded_at must not be above unhealthy_at",
             ));
         }
         if let Some(&l) = self.load_at.iter().find(|l| !(0.0..=1.0).contains(*l)) {
-            return Err(BuildError::new("load_at", format!("{l} is not in [0, 1]")));
+            return Err(BuildError::new(
+                LAYER,
+                "load_at",
+                format!("{l} is not in [0, 1]"),
+            ));
         }
         for (setting, t) in &self.triggers {
             if !matches!(t.level, Level::Degraded | Level::Critical | Level::ReadOnly) {
-                return Err(BuildError::new(
+                return Err(BuildError::new(LAYER, 
                     setting,
                     format!(
                         "automatic mode goes to degraded, critical or read_only, not {}; set {} by hand",
@@ -553,38 +525,47 @@ impl<C> Builder<C> {
             }
             if t.enter.is_nan() || t.leave.is_nan() || t.enter <= 0.0 || t.leave < 0.0 {
                 return Err(BuildError::new(
+                    LAYER,
                     setting,
                     "thresholds must be numbers, enter above zero",
                 ));
             }
             if t.leave >= t.enter {
                 return Err(BuildError::new(
+                    LAYER,
                     setting,
                     "the leave threshold must be below the enter threshold",
                 ));
             }
             if t.kind == SignalKind::ErrorRate && t.enter > 1.0 {
-                return Err(BuildError::new(setting, "error rates are in (0, 1]"));
+                return Err(BuildError::new(LAYER, setting, "error rates are in (0, 1]"));
             }
         }
         if !self.triggers.is_empty() {
             if self.window.is_zero() || self.window > Duration::from_secs(3600) {
                 return Err(BuildError::new(
+                    LAYER,
                     "auto_window",
                     "must be above zero and at most 1 h",
                 ));
             }
             if self.min_samples == 0 {
-                return Err(BuildError::new("auto_min_samples", "must be at least 1"));
+                return Err(BuildError::new(
+                    LAYER,
+                    "auto_min_samples",
+                    "must be at least 1",
+                ));
             }
             if !(16..=65_536).contains(&self.samples) {
                 return Err(BuildError::new(
+                    LAYER,
                     "auto_samples",
                     "must be between 16 and 65536",
                 ));
             }
             if self.min_samples as usize > self.samples {
                 return Err(BuildError::new(
+                    LAYER,
                     "auto_min_samples",
                     "must not exceed auto_samples",
                 ));

@@ -1,7 +1,6 @@
 //! The builder: every setting of a fallback, validated once in `build()`.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,38 +17,10 @@ use crate::trigger::{FallbackCause, NoResponses, Trigger};
 /// Default [`max_body`](Builder::max_body): 64 KiB.
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 
-/// A fallback configuration that cannot work, named by the setting that is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    setting: &'static str,
-    problem: Cow<'static, str>,
-}
+pub use palisade_core::config::BuildError;
 
-impl BuildError {
-    fn new(setting: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
-        BuildError {
-            setting,
-            problem: problem.into(),
-        }
-    }
-
-    /// The setting that is wrong, e.g. `"max_entries"`.
-    pub fn setting(&self) -> &str {
-        self.setting
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid fallback setting `{}`: {}",
-            self.setting, self.problem
-        )
-    }
-}
-
-impl std::error::Error for BuildError {}
+/// The layer name in this crate's [`BuildError`]s.
+pub(crate) const LAYER: &str = "fallback";
 
 /// The kind slot of a [`Builder`] before a fallback kind was chosen; such a builder has no `build()`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -174,7 +145,7 @@ impl<K, C> Builder<K, C> {
 
     fn check_name(&self) -> Result<(), BuildError> {
         if self.name.is_empty() {
-            return Err(BuildError::new("name", "must not be empty"));
+            return Err(BuildError::new(LAYER, "name", "must not be empty"));
         }
         Ok(())
     }
@@ -249,16 +220,21 @@ impl<KF: StaleKey, C> Builder<StaleIfError<KF>, C> {
         self.check_name()?;
         let cfg = &self.kind;
         if cfg.max_entries == 0 {
-            return Err(BuildError::new("max_entries", "must be at least 1"));
+            return Err(BuildError::new(LAYER, "max_entries", "must be at least 1"));
         }
         if cfg.max_bytes == 0 {
-            return Err(BuildError::new("max_bytes", "must be at least 1"));
+            return Err(BuildError::new(LAYER, "max_bytes", "must be at least 1"));
         }
         if cfg.max_entry_bytes == 0 {
-            return Err(BuildError::new("max_entry_bytes", "must be at least 1"));
+            return Err(BuildError::new(
+                LAYER,
+                "max_entry_bytes",
+                "must be at least 1",
+            ));
         }
         if cfg.max_entry_bytes > cfg.max_bytes {
             return Err(BuildError::new(
+                LAYER,
                 "max_entry_bytes",
                 format!(
                     "{} is larger than max_bytes ({})",
@@ -267,7 +243,11 @@ impl<KF: StaleKey, C> Builder<StaleIfError<KF>, C> {
             ));
         }
         if cfg.max_age.is_zero() {
-            return Err(BuildError::new("max_age", "must be longer than zero"));
+            return Err(BuildError::new(
+                LAYER,
+                "max_age",
+                "must be longer than zero",
+            ));
         }
         let store = Arc::new(Store::new(cfg));
         let (b, kind) = self.split();

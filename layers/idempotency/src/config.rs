@@ -25,38 +25,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// The default [`conflict_retry_after`](Builder::conflict_retry_after): 1 second.
 pub const DEFAULT_CONFLICT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// A layer configuration that cannot work, named by the setting that is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    setting: &'static str,
-    problem: Cow<'static, str>,
-}
+pub use palisade_core::config::BuildError;
 
-impl BuildError {
-    fn new(setting: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
-        BuildError {
-            setting,
-            problem: problem.into(),
-        }
-    }
-
-    /// The setting that is wrong, e.g. `"lease"`.
-    pub fn setting(&self) -> &str {
-        self.setting
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid idempotency setting `{}`: {}",
-            self.setting, self.problem
-        )
-    }
-}
-
-impl std::error::Error for BuildError {}
+/// The layer name in this crate's [`BuildError`]s.
+pub(crate) const LAYER: &str = "idempotency";
 
 /// Whether the layer applies to a request, and whether the key is required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,19 +338,21 @@ impl<K, St> Builder<K, St> {
         St: IdempotencyStore,
     {
         if self.lease.is_zero() {
-            return Err(BuildError::new("lease", "must be above zero"));
+            return Err(BuildError::new(LAYER, "lease", "must be above zero"));
         }
         if self.ttl.is_zero() {
-            return Err(BuildError::new("ttl", "must be above zero"));
+            return Err(BuildError::new(LAYER, "ttl", "must be above zero"));
         }
         if self.conflict_retry_after.is_zero() {
             return Err(BuildError::new(
+                LAYER,
                 "conflict_retry_after",
                 "must be above zero",
             ));
         }
         if usize::try_from(self.max_response_body).is_err() {
             return Err(BuildError::new(
+                LAYER,
                 "max_response_body",
                 "does not fit in memory",
             ));
@@ -386,6 +360,7 @@ impl<K, St> Builder<K, St> {
         for (_, path, _) in &self.routes {
             if !path.starts_with('/') {
                 return Err(BuildError::new(
+                    LAYER,
                     "route",
                     format!("path {path:?} does not start with `/`"),
                 ));
@@ -393,7 +368,11 @@ impl<K, St> Builder<K, St> {
         }
         let keys = match &self.secret {
             Some(s) if s.len() < 16 => {
-                return Err(BuildError::new("secret", "must be at least 16 bytes"))
+                return Err(BuildError::new(
+                    LAYER,
+                    "secret",
+                    "must be at least 16 bytes",
+                ))
             }
             Some(s) => Keys::derive(s),
             None => Keys::random(),

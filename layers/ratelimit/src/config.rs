@@ -1,6 +1,5 @@
 //! The builder: every knob of a rate limiter, validated once in `build()`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -17,38 +16,10 @@ use palisade_core::signal::LoadSignal;
 pub(crate) const DEFAULT_TIER: &str = "default";
 pub(crate) const ANONYMOUS_TIER: &str = "anonymous";
 
-/// A rate-limit configuration that cannot work, named by the setting that is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    setting: &'static str,
-    problem: Cow<'static, str>,
-}
+pub use palisade_core::config::BuildError;
 
-impl BuildError {
-    pub(crate) fn new(setting: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
-        BuildError {
-            setting,
-            problem: problem.into(),
-        }
-    }
-
-    /// The setting that is wrong, e.g. `"idle_timeout"`.
-    pub fn setting(&self) -> &str {
-        self.setting
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid rate limit setting `{}`: {}",
-            self.setting, self.problem
-        )
-    }
-}
-
-impl std::error::Error for BuildError {}
+/// The layer name in this crate's [`BuildError`]s.
+pub(crate) const LAYER: &str = "rate limit";
 
 /// What happens to a request whose tenant key cannot be extracted (missing, empty, too long, not
 /// visible ASCII, ...).
@@ -216,7 +187,7 @@ impl<E> Builder<E> {
     /// Builds the layer with the in-memory store. Its state is shared by every service it wraps.
     pub fn build(self) -> Result<RateLimitLayer<E>, BuildError> {
         if self.max_keys == 0 {
-            return Err(BuildError::new("max_keys", "must be at least 1"));
+            return Err(BuildError::new(LAYER, "max_keys", "must be at least 1"));
         }
         let idle = self.idle_timeout.unwrap_or_else(|| {
             self.tiers
@@ -248,6 +219,7 @@ impl<E> Builder<E> {
             validate_name(name)?;
             if name == DEFAULT_TIER {
                 return Err(BuildError::new(
+                    LAYER,
                     "tier",
                     "set the default tier with default_rate",
                 ));
@@ -261,12 +233,17 @@ impl<E> Builder<E> {
         }
         if let Some(p) = &self.penalty {
             if p.max < p.base {
-                return Err(BuildError::new("penalty", "max must be at least base"));
+                return Err(BuildError::new(
+                    LAYER,
+                    "penalty",
+                    "max must be at least base",
+                ));
             }
         }
         if let Some((_, floor)) = &self.adaptive {
             if !(*floor > 0.0 && *floor <= 1.0) {
                 return Err(BuildError::new(
+                    LAYER,
                     "adaptive",
                     format!("floor {floor} is not in (0, 1]"),
                 ));
@@ -300,12 +277,17 @@ pub(crate) fn validate_name(name: &str) -> Result<(), BuildError> {
             .all(|b| (0x21..=0x7E).contains(&b) && b != b'"' && b != b'\\');
     if !ok {
         return Err(BuildError::new(
+            LAYER,
             "tier",
             format!("`{name}` is not 1 to 64 visible ASCII characters without `\"` or `\\`"),
         ));
     }
     if name == "global" {
-        return Err(BuildError::new("tier", "the name `global` is reserved"));
+        return Err(BuildError::new(
+            LAYER,
+            "tier",
+            "the name `global` is reserved",
+        ));
     }
     Ok(())
 }
@@ -315,10 +297,11 @@ pub(crate) fn validate_rate(
     rate: &Rate,
     max_refill: Option<Duration>,
 ) -> Result<(), BuildError> {
-    rate.validate().map_err(|p| BuildError::new(setting, p))?;
+    rate.validate()
+        .map_err(|p| BuildError::new(LAYER, setting, p))?;
     if let Some(idle) = max_refill {
         if rate.refill_time() > idle {
-            return Err(BuildError::new(
+            return Err(BuildError::new(LAYER, 
                 "idle_timeout",
                 format!(
                     "{idle:?} is shorter than the {:?} a bucket of {rate:?} takes to refill: active tenants could be forgotten mid-window",

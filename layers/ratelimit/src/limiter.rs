@@ -391,6 +391,7 @@ impl<E, S: Store> Limiter<E, S> {
     pub(crate) fn set_global(&self, rate: Rate) -> Result<(), BuildError> {
         let Some(g) = &self.global else {
             return Err(BuildError::new(
+                crate::config::LAYER,
                 "global",
                 "this layer was built without a global limit",
             ));
@@ -409,7 +410,11 @@ impl<E, S: Store> Limiter<E, S> {
 
     pub(crate) fn assign(&self, hash: u64, label: String, tier: &str) -> Result<(), BuildError> {
         let Some(t) = read(&self.tiers).get(tier).cloned() else {
-            return Err(BuildError::new("tier", format!("no tier named `{tier}`")));
+            return Err(BuildError::new(
+                crate::config::LAYER,
+                "tier",
+                format!("no tier named `{tier}`"),
+            ));
         };
         self.audit.record_with(|| {
             AuditEvent::new("ratelimit.tenant_assigned")
