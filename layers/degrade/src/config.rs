@@ -515,7 +515,7 @@ impl<C> Builder<C> {
         }
         for (setting, t) in &self.triggers {
             if !matches!(t.level, Level::Degraded | Level::Critical | Level::ReadOnly) {
-                return Err(BuildError::new(LAYER, 
+                return Err(BuildError::new(LAYER,
                     setting,
                     format!(
                         "automatic mode goes to degraded, critical or read_only, not {}; set {} by hand",

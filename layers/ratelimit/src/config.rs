@@ -301,7 +301,7 @@ pub(crate) fn validate_rate(
         .map_err(|p| BuildError::new(LAYER, setting, p))?;
     if let Some(idle) = max_refill {
         if rate.refill_time() > idle {
-            return Err(BuildError::new(LAYER, 
+            return Err(BuildError::new(LAYER,
                 "idle_timeout",
                 format!(
                     "{idle:?} is shorter than the {:?} a bucket of {rate:?} takes to refill: active tenants could be forgotten mid-window",
