@@ -6,37 +6,15 @@
 //! Run: `cargo bench --bench bulkhead --features bulkhead`. Each iteration is `poll_ready` + `call` +
 //! polling the response future to completion with a no-op waker; the inner service is ready at once.
 
-use std::future::Future;
+mod common;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use palisade::bulkhead::BulkheadLayer;
 use palisade::error::BoxError;
 use tower::{service_fn, Layer, Service};
-
-/// Calls `svc` once and polls the response future until it is ready (a few polls at most).
-fn call_once<S: Service<Request<()>>>(svc: &mut S) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..16 {
-        if let Poll::Ready(r) = svc.poll_ready(&mut cx) {
-            r.expect("ready");
-            break;
-        }
-    }
-    let mut fut = pin!(svc.call(Request::new(())));
-    for _ in 0..16 {
-        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            return res.expect("the bench service succeeds");
-        }
-    }
-    panic!("the response future did not complete");
-}
 
 fn ok_service(
 ) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError, Future = impl Send> + Clone
@@ -53,7 +31,9 @@ fn bulkhead(c: &mut Criterion) {
     let mut g = c.benchmark_group("bulkhead");
 
     let mut bare = ok_service();
-    g.bench_function("bare", |b| b.iter(|| black_box(call_once(&mut bare))));
+    g.bench_function("bare", |b| {
+        b.iter(|| black_box(common::call(&mut bare, Request::new(()))))
+    });
 
     let mut palisade = BulkheadLayer::builder()
         .max_concurrent(1024)
@@ -61,12 +41,12 @@ fn bulkhead(c: &mut Criterion) {
         .expect("valid config")
         .layer(ok_service());
     g.bench_function("palisade", |b| {
-        b.iter(|| black_box(call_once(&mut palisade)))
+        b.iter(|| black_box(common::call(&mut palisade, Request::new(()))))
     });
 
     let mut tower_limit = tower::limit::ConcurrencyLimitLayer::new(1024).layer(ok_service());
     g.bench_function("tower_concurrency_limit", |b| {
-        b.iter(|| black_box(call_once(&mut tower_limit)))
+        b.iter(|| black_box(common::call(&mut tower_limit, Request::new(()))))
     });
 
     let mut tower_resilience = tower_resilience::bulkhead::BulkheadLayer::builder()
@@ -76,7 +56,7 @@ fn bulkhead(c: &mut Criterion) {
         .expect("valid config")
         .layer(ok_service());
     g.bench_function("tower_resilience", |b| {
-        b.iter(|| black_box(call_once(&mut tower_resilience)))
+        b.iter(|| black_box(common::call(&mut tower_resilience, Request::new(()))))
     });
     g.finish();
 }

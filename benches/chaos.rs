@@ -6,33 +6,15 @@
 //! Run: `cargo bench --bench chaos --features chaos`. Each iteration is `poll_ready` + `call` + one poll
 //! of the response future with a no-op waker; the inner service is ready at once.
 
-use std::future::Future;
+mod common;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response, StatusCode};
 use palisade::chaos::{ChaosLayer, Fault};
 use palisade::error::BoxError;
 use tower::{service_fn, Layer, Service};
-
-/// Calls `svc` once and polls the response future once (the services here are ready at once).
-fn call_once<S: Service<Request<()>>>(svc: &mut S) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(r) => r.expect("ready"),
-        Poll::Pending => panic!("the bench service is always ready"),
-    }
-    let fut = pin!(svc.call(Request::new(())));
-    match fut.poll(&mut cx) {
-        Poll::Ready(res) => res.expect("the bench service succeeds"),
-        Poll::Pending => panic!("the response future completes at the first poll"),
-    }
-}
 
 fn ok_service(
 ) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError, Future = impl Send> + Clone
@@ -49,11 +31,13 @@ fn chaos_off(c: &mut Criterion) {
     let mut g = c.benchmark_group("chaos_off");
 
     let mut bare = ok_service();
-    g.bench_function("bare", |b| b.iter(|| black_box(call_once(&mut bare))));
+    g.bench_function("bare", |b| {
+        b.iter(|| black_box(common::call(&mut bare, Request::new(()))))
+    });
 
     let mut palisade = ChaosLayer::builder().seed(1).build().layer(ok_service());
     g.bench_function("palisade", |b| {
-        b.iter(|| black_box(call_once(&mut palisade)))
+        b.iter(|| black_box(common::call(&mut palisade, Request::new(()))))
     });
 
     // A fault is active, but for another path: the request pays for the lookup and passes.
@@ -62,9 +46,12 @@ fn chaos_off(c: &mut Criterion) {
         .handle()
         .inject(Fault::status(StatusCode::SERVICE_UNAVAILABLE).path_prefix("/other"));
     let mut miss = layer.layer(ok_service());
-    assert_eq!(call_once(&mut miss).status(), StatusCode::OK);
+    assert_eq!(
+        common::call(&mut miss, Request::new(())).status(),
+        StatusCode::OK
+    );
     g.bench_function("palisade_active_miss", |b| {
-        b.iter(|| black_box(call_once(&mut miss)))
+        b.iter(|| black_box(common::call(&mut miss, Request::new(()))))
     });
     g.finish();
 }

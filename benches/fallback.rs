@@ -5,37 +5,15 @@
 //! Run: `cargo bench --bench fallback --features fallback`. Each iteration is `poll_ready` + `call` +
 //! polling the response future to completion with a no-op waker; the inner service is ready at once.
 
-use std::future::Future;
+mod common;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response, StatusCode};
 use palisade::error::BoxError;
 use palisade::fallback::{FallbackLayer, StaticResponse};
 use tower::{service_fn, Layer, Service};
-
-/// Calls `svc` once and polls the response future until it is ready (a few polls at most).
-fn call_once<S: Service<Request<()>>>(svc: &mut S) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..16 {
-        if let Poll::Ready(r) = svc.poll_ready(&mut cx) {
-            r.expect("ready");
-            break;
-        }
-    }
-    let mut fut = pin!(svc.call(Request::new(())));
-    for _ in 0..16 {
-        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            return res.expect("the bench service succeeds");
-        }
-    }
-    panic!("the response future did not complete");
-}
 
 fn ok_service() -> impl Service<
     Request<()>,
@@ -57,7 +35,9 @@ fn fallback_success(c: &mut Criterion) {
     let mut g = c.benchmark_group("fallback_success");
 
     let mut bare = ok_service();
-    g.bench_function("bare", |b| b.iter(|| black_box(call_once(&mut bare))));
+    g.bench_function("bare", |b| {
+        b.iter(|| black_box(common::call(&mut bare, Request::new(()))))
+    });
 
     let mut palisade = FallbackLayer::builder()
         .static_response(
@@ -67,7 +47,7 @@ fn fallback_success(c: &mut Criterion) {
         .expect("valid config")
         .layer(ok_service());
     g.bench_function("palisade", |b| {
-        b.iter(|| black_box(call_once(&mut palisade)))
+        b.iter(|| black_box(common::call(&mut palisade, Request::new(()))))
     });
     g.finish();
 }

@@ -6,10 +6,9 @@
 //! Run: `cargo bench --bench gate --features degrade`. Each iteration is `poll_ready` + `call` + polling
 //! the response future to completion with a no-op waker; the inner service is ready at once.
 
-use std::future::Future;
+mod common;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -17,27 +16,6 @@ use http::{Request, Response};
 use palisade::degrade::{GateLayer, Level, Priority};
 use palisade::error::BoxError;
 use tower::{service_fn, Layer, Service};
-
-/// Calls `svc` once and polls the response future until it is ready (a few polls at most).
-fn call_once<S: Service<Request<()>>>(svc: &mut S, req: Request<()>) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..16 {
-        if let Poll::Ready(r) = svc.poll_ready(&mut cx) {
-            r.expect("ready");
-            break;
-        }
-    }
-    let mut fut = pin!(svc.call(req));
-    for _ in 0..16 {
-        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            return res.expect("the bench service succeeds");
-        }
-    }
-    panic!("the response future did not complete");
-}
 
 fn ok_service(
 ) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError, Future = impl Send> + Clone
@@ -55,7 +33,7 @@ fn gate(c: &mut Criterion) {
 
     let mut bare = ok_service();
     g.bench_function("bare", |b| {
-        b.iter(|| black_box(call_once(&mut bare, Request::new(()))))
+        b.iter(|| black_box(common::call(&mut bare, Request::new(()))))
     });
 
     let mut normal = GateLayer::builder()
@@ -63,7 +41,7 @@ fn gate(c: &mut Criterion) {
         .expect("default config")
         .layer(ok_service());
     g.bench_function("palisade_normal", |b| {
-        b.iter(|| black_box(call_once(&mut normal, Request::new(()))))
+        b.iter(|| black_box(common::call(&mut normal, Request::new(()))))
     });
 
     let degraded = GateLayer::builder()
@@ -76,7 +54,7 @@ fn gate(c: &mut Criterion) {
     g.bench_function("palisade_degraded_admit", |b| {
         b.iter(|| {
             let req = Request::get("/api/pay/1").body(()).unwrap();
-            black_box(call_once(&mut degraded, req))
+            black_box(common::call(&mut degraded, req))
         })
     });
 
@@ -91,7 +69,7 @@ fn gate(c: &mut Criterion) {
         .expect("valid config")
         .layer(ok_service());
     g.bench_function("palisade_auto_normal", |b| {
-        b.iter(|| black_box(call_once(&mut auto, Request::new(()))))
+        b.iter(|| black_box(common::call(&mut auto, Request::new(()))))
     });
     g.finish();
 }

@@ -8,10 +8,9 @@
 //! (the same way in all three), then `poll_ready` + `call` + polls the response future to completion
 //! with a no-op waker; the inner service and the body are ready at once.
 
-use std::future::Future;
+mod common;
+
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -22,27 +21,6 @@ use palisade::idempotency::IdempotencyLayer;
 use tower::{service_fn, Layer, Service};
 
 type Req = Request<Full<Bytes>>;
-
-/// Calls `svc` once and polls the response future until it is ready (a few polls at most).
-fn call_once<S: Service<Req>>(svc: &mut S, req: Req) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..16 {
-        if let Poll::Ready(r) = svc.poll_ready(&mut cx) {
-            r.expect("ready");
-            break;
-        }
-    }
-    let mut fut = pin!(svc.call(req));
-    for _ in 0..16 {
-        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            return res.expect("the bench service succeeds");
-        }
-    }
-    panic!("the response future did not complete");
-}
 
 fn request(body: &Bytes, key: HeaderValue) -> Req {
     Request::post("/orders")
@@ -75,7 +53,10 @@ fn idempotency(c: &mut Criterion) {
     g.bench_function("bare", |b| {
         b.iter(|| {
             n += 1;
-            black_box(call_once(&mut bare, request(&body, HeaderValue::from(n))))
+            black_box(common::call(
+                &mut bare,
+                request(&body, HeaderValue::from(n)),
+            ))
         })
     });
 
@@ -86,7 +67,10 @@ fn idempotency(c: &mut Criterion) {
     g.bench_function("palisade_first", |b| {
         b.iter(|| {
             n += 1;
-            black_box(call_once(&mut first, request(&body, HeaderValue::from(n))))
+            black_box(common::call(
+                &mut first,
+                request(&body, HeaderValue::from(n)),
+            ))
         })
     });
 
@@ -95,10 +79,10 @@ fn idempotency(c: &mut Criterion) {
         .expect("default config")
         .layer(ok_service());
     let key = HeaderValue::from_static("\"8e03978e-40d5-43e8-bc93-6894a57f9324\"");
-    call_once(&mut replay, request(&body, key.clone()));
+    common::call(&mut replay, request(&body, key.clone()));
     g.bench_function("palisade_replay", |b| {
         b.iter(|| {
-            let res = call_once(&mut replay, request(&body, key.clone()));
+            let res = common::call(&mut replay, request(&body, key.clone()));
             debug_assert!(res.headers().contains_key("idempotent-replayed"));
             black_box(res)
         })

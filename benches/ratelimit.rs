@@ -7,11 +7,10 @@
 //! Run: `cargo bench --bench ratelimit --features ratelimit`. Each service iteration is `poll_ready` +
 //! `call` + polling the response future to completion with a no-op waker.
 
-use std::future::Future;
+mod common;
+
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -22,26 +21,6 @@ use palisade::ratelimit::{Rate, RateLimitLayer};
 use tower::{service_fn, Layer, Service};
 
 const TENANTS: usize = 1_000;
-
-fn call_once<S: Service<Request<()>>>(svc: &mut S, req: Request<()>) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..16 {
-        if let Poll::Ready(r) = svc.poll_ready(&mut cx) {
-            r.expect("ready");
-            break;
-        }
-    }
-    let mut fut = pin!(svc.call(req));
-    for _ in 0..16 {
-        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
-            return res.expect("the bench service succeeds");
-        }
-    }
-    panic!("the response future did not complete");
-}
 
 fn ok_service(
 ) -> impl Service<Request<()>, Response = Response<String>, Error = BoxError, Future = impl Send> + Clone
@@ -77,7 +56,7 @@ fn ratelimit_keyed(c: &mut Criterion) {
     g.bench_function("bare", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            black_box(call_once(&mut bare, req(&keys, i)))
+            black_box(common::call(&mut bare, req(&keys, i)))
         })
     });
 
@@ -88,12 +67,12 @@ fn ratelimit_keyed(c: &mut Criterion) {
         .expect("valid config")
         .layer(ok_service());
     for i in 0..TENANTS {
-        call_once(&mut palisade, req(&keys, i)); // pre-warm every tenant's bucket
+        common::call(&mut palisade, req(&keys, i)); // pre-warm every tenant's bucket
     }
     g.bench_function("palisade", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            black_box(call_once(&mut palisade, req(&keys, i)))
+            black_box(common::call(&mut palisade, req(&keys, i)))
         })
     });
 
@@ -123,7 +102,7 @@ fn ratelimit_keyed(c: &mut Criterion) {
     g.bench_function("tower_resilience", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            black_box(call_once(&mut tower_resilience, req(&keys, i)))
+            black_box(common::call(&mut tower_resilience, req(&keys, i)))
         })
     });
     g.finish();
