@@ -12,6 +12,12 @@
 //!   gRPC status in headers or trailers, slow calls), consumed by the breaker, retry and fallback.
 //! - [`health`]: the [`Health`] handle: components, checks, liveness and readiness reports.
 //! - [`audit`]: the [`Audit`] handle: an append-only, tamper-evident log of state changes.
+//! - [`keymap`]: the bounded per-key state map every keyed layer uses; [`body`]: request/response body
+//!   buffering for layers that replay or store bodies; [`config`]: the builders' shared [`BuildError`];
+//!   [`signal`]: the shared [`LoadSignal`]; [`rng`]: seedable randomness for jitter and faults.
+//!
+//! [`BuildError`]: config::BuildError
+//! [`LoadSignal`]: signal::LoadSignal
 //!
 //! [`KeyExtractor`]: key::KeyExtractor
 //! [`Classify`]: classify::Classify
@@ -21,6 +27,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
+pub mod body;
 pub mod classify;
 pub mod config;
 pub mod error;

@@ -5,9 +5,10 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::HeaderMap;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+pub(crate) use palisade_core::body::Collect;
+use palisade_core::body::{frame_to_bytes, BufferedBody};
 use palisade_core::error::BoxError;
 use pin_project_lite::pin_project;
 
@@ -101,15 +102,10 @@ impl<B, A> fmt::Debug for FallbackBody<B, A> {
 }
 
 #[inline]
-fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
-    frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))
-}
-
-#[inline]
 fn map_frame<D: Buf, E: Into<BoxError>>(
     f: Option<Result<Frame<D>, E>>,
 ) -> Option<Result<Frame<Bytes>, BoxError>> {
-    f.map(|r| r.map(to_bytes).map_err(Into::into))
+    f.map(|r| r.map(frame_to_bytes).map_err(Into::into))
 }
 
 impl<B, A> Body for FallbackBody<B, A>
@@ -181,176 +177,16 @@ where
     }
 }
 
-pin_project! {
-    /// The request body the primary and the alternate service receive with the alternate-service kind.
-    ///
-    /// - **replayed**: the original body (and its trailers), buffered once before the primary call, up to
-    ///   [`max_body`](crate::Builder::max_body) bytes, and sent from memory to the primary and, if the
-    ///   fallback activates, again to the alternate (cloning [`Bytes`] is a reference count, not a copy);
-    /// - **streamed**: the original body, unbuffered, because it was larger than the limit; such a request
-    ///   gets no fallback. A body found too large while buffering is sent as the part already read
-    ///   followed by the rest of the original.
-    ///
-    /// Data frames are [`Bytes`]; errors are the original body's.
-    pub struct ReplayBody<B> {
-        #[pin]
-        kind: ReplayKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = ReplayProj]
-    enum ReplayKind<B> {
-        Replayed { data: Option<Bytes>, trailers: Option<HeaderMap> },
-        Streamed { #[pin] body: B },
-        Partial { prefix: Option<Bytes>, body: Pin<Box<B>> },
-    }
-}
-
-impl<B> ReplayBody<B> {
-    /// A body replayed from memory: `data`, then `trailers` if any.
-    pub fn replayed(data: Bytes, trailers: Option<HeaderMap>) -> Self {
-        ReplayBody {
-            kind: ReplayKind::Replayed {
-                data: (!data.is_empty()).then_some(data),
-                trailers,
-            },
-        }
-    }
-
-    /// `body`, streamed as it is.
-    pub fn streamed(body: B) -> Self {
-        ReplayBody {
-            kind: ReplayKind::Streamed { body },
-        }
-    }
-
-    pub(crate) fn partial(prefix: Bytes, body: Pin<Box<B>>) -> Self {
-        ReplayBody {
-            kind: ReplayKind::Partial {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                body,
-            },
-        }
-    }
-
-    /// Whether the body is sent from memory (so the request could go to the alternate service too).
-    pub fn is_replayed(&self) -> bool {
-        matches!(self.kind, ReplayKind::Replayed { .. })
-    }
-}
-
-impl<B> fmt::Debug for ReplayBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            ReplayKind::Replayed { data, trailers } => f
-                .debug_struct("ReplayBody::Replayed")
-                .field("len", &data.as_ref().map_or(0, Bytes::len))
-                .field("trailers", &trailers.is_some())
-                .finish(),
-            ReplayKind::Streamed { .. } => f.write_str("ReplayBody::Streamed"),
-            ReplayKind::Partial { prefix, .. } => f
-                .debug_struct("ReplayBody::Partial")
-                .field("prefix_len", &prefix.as_ref().map_or(0, Bytes::len))
-                .finish(),
-        }
-    }
-}
-
-impl<B: Body> Body for ReplayBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            ReplayProj::Replayed { data, trailers } => Poll::Ready(match data.take() {
-                Some(d) => Some(Ok(Frame::data(d))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
-            }),
-            ReplayProj::Streamed { body } => {
-                body.poll_frame(cx).map(|f| f.map(|f| f.map(to_bytes)))
-            }
-            ReplayProj::Partial { prefix, body } => {
-                if let Some(p) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(p))));
-                }
-                body.as_mut()
-                    .poll_frame(cx)
-                    .map(|f| f.map(|f| f.map(to_bytes)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            ReplayKind::Replayed { data, trailers } => data.is_none() && trailers.is_none(),
-            ReplayKind::Streamed { body } => body.is_end_stream(),
-            ReplayKind::Partial { prefix, body } => prefix.is_none() && body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            ReplayKind::Replayed { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            ReplayKind::Streamed { body } => body.size_hint(),
-            ReplayKind::Partial { prefix, body } => {
-                let p = prefix.as_ref().map_or(0, |d| d.len() as u64);
-                let inner = body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower().saturating_add(p));
-                if let Some(u) = inner.upper() {
-                    hint.set_upper(u.saturating_add(p));
-                }
-                hint
-            }
-        }
-    }
-}
-
-/// Collects data chunks, copying only when there is more than one.
-#[derive(Debug, Default)]
-pub(crate) struct Collect {
-    first: Option<Bytes>,
-    more: Option<BytesMut>,
-    len: usize,
-}
-
-impl Collect {
-    /// Adds a chunk; returns the total length so far.
-    pub(crate) fn push(&mut self, chunk: Bytes) -> usize {
-        self.len += chunk.len();
-        if chunk.is_empty() {
-            return self.len;
-        }
-        match (&mut self.first, &mut self.more) {
-            (None, None) => self.first = Some(chunk),
-            (first @ Some(_), more @ None) => {
-                let first = first.take().unwrap_or_default();
-                let mut buf = BytesMut::with_capacity(first.len() + chunk.len());
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&chunk);
-                *more = Some(buf);
-            }
-            (_, Some(buf)) => buf.extend_from_slice(&chunk),
-        }
-        self.len
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Everything collected, as one buffer.
-    pub(crate) fn into_bytes(self) -> Bytes {
-        match (self.first, self.more) {
-            (_, Some(buf)) => buf.freeze(),
-            (Some(b), None) => b,
-            (None, None) => Bytes::new(),
-        }
-    }
-}
+/// The request body the primary and the alternate service receive with the alternate-service kind: a
+/// [`BufferedBody`], one of
+///
+/// - **replayed** ([`is_replayed`](BufferedBody::is_replayed)): the original body (and its trailers),
+///   buffered once before the primary call, up to [`max_body`](crate::Builder::max_body) bytes, and
+///   sent from memory to the primary and, if the fallback activates, again to the alternate (cloning
+///   [`Bytes`] is a reference count, not a copy);
+/// - **streamed**: the original body, unbuffered, because it was larger than the limit; such a request
+///   gets no fallback. A body found too large while buffering is sent as the part already read
+///   followed by the rest of the original (**partial**).
+///
+/// Data frames are [`Bytes`]; errors are the original body's.
+pub type ReplayBody<B> = BufferedBody<B>;

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
@@ -101,7 +101,6 @@ pub(crate) struct Replay {
 struct Buffering<S, B> {
     body: Pin<Box<B>>,
     collect: Collect,
-    trailers: Option<HeaderMap>,
     parts: Parts,
     svc: S,
 }
@@ -191,7 +190,6 @@ where
                 buffering: Some(Buffering {
                     body: Box::pin(body),
                     collect: Collect::default(),
-                    trailers: None,
                     parts,
                     svc,
                 }),
@@ -230,28 +228,9 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    loop {
-        match ready!(b.body.as_mut().poll_frame(cx)) {
-            None => return Poll::Ready(Ok(true)),
-            Some(Err(e)) => return Poll::Ready(Err(e.into())),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    let len = b.collect.push(data.copy_to_bytes(data.remaining()));
-                    if len as u64 > limit {
-                        return Poll::Ready(Ok(false));
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        b.trailers = Some(trailers);
-                    }
-                }
-            },
-        }
-        if b.body.is_end_stream() {
-            return Poll::Ready(Ok(true));
-        }
-    }
+    b.collect
+        .poll_collect(b.body.as_mut(), cx, limit)
+        .map_err(Into::into)
 }
 
 fn cause_slug(err: &BoxError) -> &'static str {
@@ -291,7 +270,6 @@ where
                     let Some(Buffering {
                         body,
                         collect,
-                        trailers,
                         parts,
                         mut svc,
                     }) = buffering.take()
@@ -300,7 +278,7 @@ where
                     };
                     if complete {
                         drop(body);
-                        let data = collect.into_bytes();
+                        let (data, trailers) = collect.into_parts();
                         let req = Request::from_parts(
                             parts.clone(),
                             ReplayBody::replayed(data.clone(), trailers.clone()),

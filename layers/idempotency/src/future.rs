@@ -11,6 +11,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, HeaderName, Request, Response};
 use http_body::Body;
 use palisade_core::audit::AuditEvent;
+use palisade_core::body::Collect;
 use palisade_core::error::{
     BoxError, IdempotencyConflict, IdempotencyMismatch, InvalidIdempotencyKey, Overloaded,
     PayloadTooLarge,
@@ -18,7 +19,7 @@ use palisade_core::error::{
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::body::{poll_collect, Collect, RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody};
 use crate::config::OnAbandon;
 use crate::hash::{Fingerprint, Scope};
 use crate::key::IDEMPOTENT_REPLAYED;
@@ -176,11 +177,11 @@ where
                 StateProj::Reading { body, head } => {
                     let h = head.as_mut().expect(DONE);
                     let limit = h.ctx.core.max_request_body;
-                    let whole = ready!(poll_collect(body, cx, &mut h.collect, limit));
+                    let whole = ready!(h.collect.poll_collect(body, cx, limit));
                     let Reading {
                         ctx,
                         parts,
-                        mut collect,
+                        collect,
                     } = head.take().expect(DONE);
                     match whole {
                         Err(e) => return Poll::Ready(Err(e.into())),
@@ -190,8 +191,7 @@ where
                         }
                         Ok(true) => {}
                     }
-                    let trailers = collect.trailers.take();
-                    let data = collect.take_bytes();
+                    let (data, trailers) = collect.into_parts();
                     let core = &ctx.core;
                     let fingerprint = core.keys.fingerprint(
                         &parts.method,
@@ -286,7 +286,7 @@ where
                     let l = lease.as_ref().expect(DONE);
                     let limit = l.core.max_response_body;
                     let inner = body.as_mut().expect(DONE);
-                    let whole = ready!(poll_collect(inner.as_mut(), cx, collect, limit));
+                    let whole = ready!(collect.poll_collect(inner.as_mut(), cx, limit));
                     let lease = lease.take().expect(DONE);
                     let parts = parts.take().expect(DONE);
                     let core = lease.core.clone();
@@ -296,8 +296,7 @@ where
                             return Poll::Ready(Err(e.into()));
                         }
                         Ok(true) => {
-                            let trailers = collect.trailers.take();
-                            let data = collect.take_bytes();
+                            let (data, trailers) = std::mem::take(collect).into_parts();
                             let stored = StoredResponse::new(
                                 parts.status,
                                 storable_headers(&parts.headers),
@@ -317,7 +316,7 @@ where
                                 tenant.as_ref(),
                                 None::<&Request<()>>,
                             );
-                            let prefix = collect.take_bytes();
+                            let prefix = std::mem::take(collect).into_bytes();
                             let rest = body.take().expect(DONE);
                             let response =
                                 Response::from_parts(parts, ResponseBody::partial(prefix, rest));

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body::Body;
 use palisade_core::audit::AuditEvent;
+use palisade_core::body::Collect;
 use palisade_core::classify::Classify;
 use palisade_core::error::BoxError;
 use pin_project_lite::pin_project;
 use tokio::time::{sleep, Sleep};
 use tower_service::Service;
 
-use crate::body::Collect;
 use crate::layer::{BufferBody, CloneWith, Shared, GAVE_UP_KIND};
 use crate::policy::{judge_error, judge_response, RetryHint};
 use crate::RetryBody;
@@ -45,11 +45,7 @@ pub(crate) struct HttpReplay<B> {
 impl<B> Replay<Request<RetryBody<B>>, BufferBody> for HttpReplay<B> {
     fn next(&mut self, _: &BufferBody, _last: bool) -> Option<Request<RetryBody<B>>> {
         // The head is cloned even for the last attempt: the give-up record names the request.
-        let body = if self.data.is_empty() && self.trailers.is_none() {
-            RetryBody::empty()
-        } else {
-            RetryBody::replayed(self.data.clone(), self.trailers.clone())
-        };
+        let body = RetryBody::replayed(self.data.clone(), self.trailers.clone());
         Some(Request::from_parts(self.parts.clone(), body))
     }
 
@@ -334,28 +330,9 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    loop {
-        match ready!(b.body.as_mut().poll_frame(cx)) {
-            None => return Poll::Ready(Ok(true)),
-            Some(Err(e)) => return Poll::Ready(Err(e.into())),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    let len = b.collect.push(data.copy_to_bytes(data.remaining()));
-                    if len > b.shared.max_body {
-                        return Poll::Ready(Ok(false));
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        b.collect.trailers = Some(trailers);
-                    }
-                }
-            },
-        }
-        if b.body.is_end_stream() {
-            return Poll::Ready(Ok(true));
-        }
-    }
+    b.collect
+        .poll_collect(b.body.as_mut(), cx, b.shared.max_body)
+        .map_err(Into::into)
 }
 
 /// Makes the first attempt once the body is read (or found too large).
@@ -365,7 +342,7 @@ where
 {
     let Buffering {
         body,
-        mut collect,
+        collect,
         parts,
         mut svc,
         shared,
@@ -381,8 +358,7 @@ where
         return Kind::Once { fut: svc.call(req) };
     }
     drop(body);
-    let trailers = collect.trailers.take();
-    let data = collect.into_bytes();
+    let (data, trailers) = collect.into_parts();
     let mut replay = HttpReplay {
         parts,
         data,

@@ -7,11 +7,11 @@ use std::task::{Context, Poll};
 
 use http::Request;
 use http_body::Body;
+use palisade_core::body::Collect;
 use palisade_core::classify::{Classify, Grpc};
 use palisade_core::error::BoxError;
 use tower_service::Service;
 
-use crate::body::Collect;
 use crate::future::{Buffering, CloneResponseFuture, ResponseFuture};
 use crate::layer::{BufferBody, CloneWith, Shared};
 use crate::policy::RetryHint;
