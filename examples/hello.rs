@@ -1,117 +1,92 @@
-//! palisade's first runnable example: rescue, key extraction, health and audit in an axum server.
+//! palisade's runnable example: real layers in front of an axum app, sharing one Health and one Audit.
 //!
 //! ```text
 //! cargo run --example hello            # listens on 127.0.0.1:3000 (or --addr / PALISADE_ADDR)
+//!
 //! curl -i localhost:3000/hello
-//! curl -i localhost:3000/whoami -H 'x-tenant-id: acme'      # the tenant key
-//! curl -i localhost:3000/whoami                              # 400 problem+json: no tenant key
-//! curl -i localhost:3000/reject/rate-limited                 # 429 + Retry-After + RateLimit headers
-//! curl -i localhost:3000/reject/circuit-open                 # 503 + Retry-After
-//! curl -i localhost:3000/reject/timeout                      # 504
-//! curl -i localhost:3000/reject/rate-limited -H 'content-type: application/grpc'   # grpc-status: 8
-//! curl -i localhost:3000/readyz                              # readiness JSON
-//! curl -i -X POST localhost:3000/admin/drain                 # readiness goes 503, audited
-//! curl -i -X POST localhost:3000/admin/undrain
-//! curl -i localhost:3000/audit                               # the audit log and its verification
+//! # Rate limit by tenant: 5 requests per minute per x-tenant-id (the 6th is a 429 with Retry-After).
+//! for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' -H 'x-tenant-id: acme' localhost:3000/limited; done
+//! curl -i localhost:3000/limited                                   # 400: no tenant key
+//! # Exactly-once POST: the same Idempotency-Key replays the same order id.
+//! curl -i -X POST -H 'x-tenant-id: acme' -H 'Idempotency-Key: "order-1"' localhost:3000/orders
+//! curl -i -X POST -H 'x-tenant-id: acme' -H 'Idempotency-Key: "order-1"' localhost:3000/orders
+//! curl -s localhost:3000/orders/count
+//! # A circuit breaker around a flaky upstream; chaos makes it fail, the breaker opens, fallback answers.
+//! curl -i -X POST localhost:3000/admin/chaos/fail                  # inject 503s into the upstream
+//! for i in 1 2 3 4; do curl -s localhost:3000/upstream; echo; done
+//! curl -i localhost:3000/readyz                                    # degraded: the breaker is open
+//! curl -i -X DELETE localhost:3000/admin/chaos                     # heal the upstream
+//! # Read-only mode: writes get 503 "service is read-only", reads still work.
+//! curl -i -X POST localhost:3000/admin/read-only
+//! curl -i -X POST -H 'x-tenant-id: acme' -H 'Idempotency-Key: "order-2"' localhost:3000/orders
+//! curl -s localhost:3000/palisade/status
+//! curl -s localhost:3000/audit                                     # every state change, verified
 //! ```
 //!
-//! The `/reject/{kind}` routes stand in for the palisade layers that later issues add (rate limit,
-//! breaker, timeout, ...): they return the same rejection markers those layers return, and the one
-//! outermost `RescueLayer` turns each into the response a client should see.
+//! The full demo server (config file, stack presets, metrics, graceful shutdown) is a later milestone;
+//! this example wires the same layers by hand.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{Request, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
 use axum::Router;
+use http::Method;
 use palisade::audit::{Audit, AuditEvent, MemorySink};
-use palisade::error::*;
-use palisade::health::{Component, ComponentKind, Health};
-use palisade::key::{HeaderKey, KeyExtractor};
+use palisade::breaker::CircuitBreakerLayer;
+use palisade::chaos::{ChaosHandle, ChaosLayer, Fault};
+use palisade::degrade::{GateHandle, GateLayer, Level};
+use palisade::fallback::{FallbackLayer, StaticResponse};
+use palisade::health::{ComponentKind, Health, HealthState};
+use palisade::idempotency::{IdempotencyLayer, KeyRule};
+use palisade::key::HeaderKey;
+use palisade::ops::{HealthEndpoint, StatusEndpoint, StatusRegistry};
+use palisade::ratelimit::{MissingKey, Rate, RateLimitLayer};
 use palisade::rescue::RescueLayer;
-use tower::{service_fn, ServiceBuilder};
+use tower::ServiceBuilder;
 
 #[derive(Clone)]
 struct App {
-    health: Health,
-    drain: Component,
     audit: Audit,
     log: MemorySink,
-    tenant: Arc<HeaderKey>,
+    gate: GateHandle,
+    chaos: ChaosHandle,
+    orders: Arc<AtomicU64>,
 }
 
-/// What a palisade layer would refuse with, by name.
-fn rejection(kind: &str) -> Option<BoxError> {
-    let quota = Quota::new(100, Duration::from_secs(1), 0, Duration::from_millis(800));
-    Some(match kind {
-        "rate-limited" => RateLimited::new(Duration::from_millis(800))
-            .with_quota(quota)
-            .into(),
-        "circuit-open" => CircuitOpen::new(Some(Duration::from_secs(5))).into(),
-        "overloaded" => Overloaded::new()
-            .with_retry_after(Duration::from_secs(1))
-            .into(),
-        "timeout" => Elapsed::new(Duration::from_secs(2)).into(),
-        "shed" => Shed::new("critical")
-            .with_retry_after(Duration::from_secs(10))
-            .into(),
-        "read-only" => ReadOnly::new().into(),
-        _ => return None,
-    })
+async fn create_order(State(app): State<App>) -> impl IntoResponse {
+    let id = app.orders.fetch_add(1, Ordering::SeqCst) + 1;
+    (StatusCode::CREATED, format!("{{\"order_id\":{id}}}\n"))
 }
 
-async fn whoami(State(app): State<App>, req: Request<Body>) -> Result<String, Response> {
-    match app.tenant.extract(&req) {
-        Ok(tenant) => Ok(format!("tenant: {}\n", tenant.to_str().unwrap_or("?"))),
-        Err(e) => {
-            // Outside a fallible stack, a key error can still be rendered the palisade way.
-            let res = palisade::rescue::problem_response::<Body>(
-                &e,
-                palisade::rescue::DEFAULT_PROBLEM_TYPE_BASE,
-            );
-            Err(res.into_response())
-        }
-    }
+async fn order_count(State(app): State<App>) -> String {
+    format!("{{\"created\":{}}}\n", app.orders.load(Ordering::SeqCst))
 }
 
-async fn readyz(State(app): State<App>) -> impl IntoResponse {
-    report_response(app.health.readiness())
+async fn inject_failure(State(app): State<App>) -> String {
+    let id = app
+        .chaos
+        .inject(Fault::status(StatusCode::SERVICE_UNAVAILABLE).path_prefix("/upstream"));
+    format!("injected fault {id}: /upstream now answers 503\n")
 }
 
-async fn healthz(State(app): State<App>) -> impl IntoResponse {
-    report_response(app.health.liveness())
+async fn clear_faults(State(app): State<App>) -> String {
+    format!("removed {} fault(s)\n", app.chaos.clear())
 }
 
-fn report_response(report: palisade::health::Report) -> impl IntoResponse {
-    let status = if report.is_available() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        [("content-type", "application/json")],
-        report.to_json(),
-    )
+async fn read_only(State(app): State<App>) -> &'static str {
+    app.gate.set_level(Level::ReadOnly, "POST /admin/read-only");
+    "read-only: writes are refused, reads served\n"
 }
 
-async fn drain(State(app): State<App>) -> &'static str {
-    app.drain.unhealthy("drained by an operator");
-    app.audit
-        .record(AuditEvent::new("admin.drain").detail("by", "POST /admin/drain"));
-    "draining: /readyz now answers 503\n"
-}
-
-async fn undrain(State(app): State<App>) -> &'static str {
-    app.drain.healthy();
-    app.audit
-        .record(AuditEvent::new("admin.undrain").detail("by", "POST /admin/undrain"));
-    "serving: /readyz answers 200 again\n"
+async fn normal(State(app): State<App>) -> &'static str {
+    app.gate.set_level(Level::Normal, "POST /admin/normal");
+    "normal\n"
 }
 
 async fn audit_log(State(app): State<App>) -> impl IntoResponse {
@@ -159,71 +134,126 @@ fn listen_addr() -> Result<SocketAddr, String> {
         .map_err(|e| format!("invalid address `{addr}`: {e}"))
 }
 
+fn fail(e: impl std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(2);
+}
+
 #[tokio::main]
 async fn main() {
-    let addr = match listen_addr() {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
-
+    let addr = listen_addr().unwrap_or_else(|e| fail(e));
     let health = Health::new();
-    let drain_switch = health.register("drain", ComponentKind::Readiness);
+    health
+        .register("process", ComponentKind::Liveness)
+        .healthy();
     let (audit, log) = Audit::memory(10_000);
     audit.record(AuditEvent::new("server.started").detail("addr", addr.to_string()));
+    let tenant = HeaderKey::from_static("x-tenant-id").max_len(64);
+
+    let gate = GateLayer::builder()
+        .name("api")
+        .level_from_env()
+        .health(&health)
+        .audit(&audit)
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    let rate_limit = RateLimitLayer::builder(tenant.clone())
+        .default_rate(Rate::per_minute(5).burst(5))
+        .missing_key(MissingKey::Reject)
+        .audit(&audit)
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    let idempotency = IdempotencyLayer::builder()
+        .tenant(tenant)
+        .route(Method::POST, "/orders", KeyRule::Required)
+        .audit(&audit)
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    let breaker = CircuitBreakerLayer::builder()
+        .name("upstream")
+        .no_failure_rate()
+        .consecutive_failures(3)
+        .open_wait(Duration::from_secs(5), Duration::from_secs(60))
+        .health(&health)
+        .audit(&audit)
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    let chaos = ChaosLayer::builder().name("upstream").audit(&audit).build();
+    let fallback = FallbackLayer::builder()
+        .static_response(StaticResponse::new(StatusCode::OK).body("cached answer (fallback)\n"))
+        .audit(&audit)
+        .build()
+        .unwrap_or_else(|e| fail(e));
+
+    let status = StatusRegistry::new();
+    status
+        .register("gate", gate.handle())
+        .register("ratelimit", rate_limit.handle())
+        .register("breaker.upstream", breaker.handle())
+        .register("audit", audit.clone());
+
     let app = App {
-        health,
-        drain: drain_switch,
-        audit,
+        audit: audit.clone(),
         log,
-        tenant: Arc::new(HeaderKey::from_static("x-tenant-id").max_len(64)),
+        gate: gate.handle(),
+        chaos: chaos.handle(),
+        orders: Arc::new(AtomicU64::new(0)),
     };
 
-    // The stand-in for the data-plane layers, behind the one outermost rescue layer.
-    let reject = ServiceBuilder::new()
-        .layer(RescueLayer::new())
-        .service(service_fn(|req: Request<Body>| async move {
-            let kind = req.uri().path().trim_start_matches("/reject/");
-            match rejection(kind) {
-                Some(err) => Err(err),
-                None => Ok(Response::builder()
-                    .status(StatusCode::NOT_FOUND)
-                    .body(Body::from(
-                        "try: rate-limited, circuit-open, overloaded, timeout, shed, read-only\n",
-                    ))
-                    .unwrap_or_default()),
-            }
-        }));
-
-    let router = Router::new()
-        .route("/hello", get(|| async { "hello from palisade\n" }))
-        .route("/whoami", get(whoami))
-        .route("/readyz", get(readyz))
-        .route("/healthz", get(healthz))
-        .route("/admin/drain", post(drain))
-        .route("/admin/undrain", post(undrain))
+    // The upstream route: fallback (outside) → breaker → chaos (inside) → handler.
+    let upstream = Router::new()
+        .route(
+            "/upstream",
+            get(|| async { "fresh answer from the upstream\n" }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RescueLayer::new())
+                .layer(fallback)
+                .layer(breaker)
+                .layer(chaos),
+        );
+    // The tenant routes: rate limited; orders are exactly-once.
+    let tenant_routes = Router::new()
+        .route("/limited", get(|| async { "within your quota\n" }))
+        .route("/orders", post(create_order))
+        .route("/orders/count", get(order_count))
+        .with_state(app.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(RescueLayer::new())
+                .layer(rate_limit)
+                .layer(idempotency),
+        );
+    let admin = Router::new()
+        .route("/admin/chaos/fail", post(inject_failure))
+        .route("/admin/chaos", delete(clear_faults))
+        .route("/admin/read-only", post(read_only))
+        .route("/admin/normal", post(normal))
         .route("/audit", get(audit_log))
-        .route_service("/reject/{kind}", reject)
         .with_state(app);
+    let gated = Router::new()
+        .route("/hello", get(|| async { "hello from palisade\n" }))
+        .merge(upstream)
+        .merge(tenant_routes)
+        .layer(ServiceBuilder::new().layer(RescueLayer::new()).layer(gate));
+    let router = gated
+        .merge(admin)
+        .route_service("/healthz", HealthEndpoint::liveness(&health))
+        .route_service(
+            "/readyz",
+            HealthEndpoint::readiness(&health).fail_when(HealthState::Degraded),
+        )
+        .route_service("/palisade/status", StatusEndpoint::new(status));
 
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {addr}: {e}");
-            std::process::exit(1);
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| fail(format!("cannot listen on {addr}: {e}")));
     println!("palisade hello example on http://{addr}");
-    println!(
-        "  protecting: /reject/{{kind}} behind RescueLayer (HTTP problem+json, gRPC trailers-only)"
-    );
-    println!("  tenant key: header x-tenant-id (1-64 visible ASCII bytes) on /whoami");
-    println!("  health:     /healthz, /readyz; POST /admin/drain, /admin/undrain (audited)");
-    println!("  audit:      /audit (records + chain verification)");
+    println!("  gate (read-only / shedding) → rate limit by x-tenant-id (5/min) → idempotency on POST /orders");
+    println!("  /upstream: fallback → circuit breaker (3 failures) → chaos → handler");
+    println!("  ops: /healthz /readyz /palisade/status /audit; admin: /admin/chaos/fail, /admin/read-only, ...");
     if let Err(e) = axum::serve(listener, router).await {
-        eprintln!("error: server stopped: {e}");
-        std::process::exit(1);
+        fail(format!("server stopped: {e}"));
     }
 }
