@@ -18,7 +18,7 @@ use tower_service::Service;
 use crate::config::Builder;
 use crate::handle::BulkheadHandle;
 use crate::priority::{NoPriority, PriorityExtractor};
-use crate::shared::{Full, MissingKey, Permit, Shared, Tenant, Waiter};
+use crate::shared::{Full, MissingKey, Permit, Queued, Shared, Tenant, Waiter};
 
 /// The key "extractor" of an unkeyed bulkhead: every request belongs to the one global pool.
 #[derive(Debug, Clone, Copy, Default)]
@@ -203,7 +203,11 @@ impl<S, K, P> Bulkhead<S, K, P> {
         let shared = &self.inner.shared;
         let class = self.inner.priority.priority(&req);
         match shared.enqueue(tenant, class, full) {
-            Ok(waiter) => {
+            Ok(Queued::Now(tenant)) => {
+                let permit = Permit::new(shared.clone(), tenant);
+                ResponseFuture::admitted(self.service.call(req), permit)
+            }
+            Ok(Queued::Wait(waiter)) => {
                 // The readied service goes with the request; a fresh clone stays behind.
                 let fresh = self.service.clone();
                 let service = std::mem::replace(&mut self.service, fresh);

@@ -72,7 +72,10 @@ impl fmt::Debug for Tenant {
 /// Takes one unit of `counter` if it is below `limit`.
 #[inline]
 fn cas_below(counter: &AtomicUsize, limit: usize) -> bool {
-    let mut cur = counter.load(Relaxed);
+    // SeqCst, not Relaxed: paired with the release side (`fetch_sub(in_flight)` then a load of
+    // `queued`, both SeqCst) and the enqueue side (`fetch_add(queued)` then this load), at least one of
+    // the two sees the other, so a waiter is never stranded behind a free slot.
+    let mut cur = counter.load(SeqCst);
     loop {
         if cur >= limit {
             return false;
@@ -299,10 +302,20 @@ impl Shared {
         tenant: Option<Arc<Tenant>>,
         class: Priority,
         full: Option<Full>,
-    ) -> Result<Waiter, Full> {
+    ) -> Result<Queued, Full> {
         let queue = self.queue.as_ref().expect("enqueue needs a queue");
         let tenant_id = tenant.as_ref().map_or(0, |t| t.id);
         let mut sched = lock(&queue.sched);
+        // A slot may have come free since this request looked (it may even have given one back itself,
+        // failing its tenant's share): hand it on first, so no waiter is left behind a free slot.
+        self.dispatch_locked(queue, &mut sched);
+        // Everyone still waiting is either behind a full bulkhead or blocked by their own tenant's share.
+        // In the second case a request whose tenant has nobody waiting must not queue behind them: one
+        // tenant at its share would otherwise fill the queue and lock every other tenant out while
+        // slots sit idle.
+        if sched.tenant_len(tenant_id) == 0 && self.try_acquire(tenant.as_deref()).is_ok() {
+            return Ok(Queued::Now(tenant));
+        }
         if self.queued.load(SeqCst) >= queue.max_len {
             drop(sched);
             self.reject(Full::Global);
@@ -326,14 +339,14 @@ impl Shared {
         if full == Some(Full::Global) || self.in_flight.load(Relaxed) >= self.limit.load(Relaxed) {
             self.mark_saturated();
         }
-        Ok(Waiter {
+        Ok(Queued::Wait(Waiter {
             shared: self.clone(),
             tenant_id,
             class,
             id,
             rx,
             done: false,
-        })
+        }))
     }
 
     fn dispatch(self: &Arc<Self>, queue: &Queue) {
@@ -549,6 +562,14 @@ impl fmt::Debug for Permit {
             .field("tenant", &self.tenant.as_ref().map(|t| &t.label))
             .finish()
     }
+}
+
+/// What `enqueue` did with a request.
+pub(crate) enum Queued {
+    /// It waits for a permit.
+    Wait(Waiter),
+    /// It got a slot at once (its tenant had nobody waiting and a slot was free): a permit is owed.
+    Now(Option<Arc<Tenant>>),
 }
 
 /// A queued request's place in line. Dropping it (a cancelled request) leaves the queue; a permit that

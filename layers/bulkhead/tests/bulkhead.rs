@@ -613,6 +613,45 @@ async fn a_tenant_at_its_share_is_refused_while_others_get_in() {
     assert_eq!(tenant(&handle, "slow"), (0, 0));
 }
 
+/// Regression: a tenant at its share must not fill the queue and lock out other tenants while slots
+/// are free.
+#[tokio::test(start_paused = true)]
+async fn a_tenant_at_its_share_cannot_lock_others_out_through_the_queue() {
+    let backend = Backend::default();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(100)
+        .max_per_tenant(1)
+        .queue(10, Duration::from_secs(5))
+        .keyed(HeaderKey::from_static("x-tenant-id"))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(backend.service());
+    let mut hogs = Vec::new();
+    for i in 0..11 {
+        hogs.push(spawn(&svc, req(&format!("a{i}"), Some("a"), None)));
+    }
+    settle().await;
+    assert_eq!(
+        tenant(&handle, "a"),
+        (1, 10),
+        "one runs, ten wait for the tenant's own slot"
+    );
+    assert_eq!(handle.queued(), 10, "the queue is full");
+    // Another tenant gets in at once: nobody eligible is ahead of it and 99 slots are free.
+    let b = spawn(&svc, req("b1", Some("b"), None));
+    settle().await;
+    assert_eq!(tenant(&handle, "b"), (1, 0));
+    assert!(backend.log().contains(&"b1".to_owned()));
+    backend.open(100);
+    b.await.unwrap().unwrap();
+    for h in hogs {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.queued(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_queued_tenant_at_its_share_waits_for_its_own_slot() {
     let backend = Backend::default();
