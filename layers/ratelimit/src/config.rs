@@ -239,6 +239,13 @@ impl<E> Builder<E> {
                     "max must be at least base",
                 ));
             }
+            if p.max > Duration::from_secs(86_400) {
+                return Err(BuildError::new(
+                    LAYER,
+                    "penalty",
+                    "max must be at most a day (a longer penalty is a ban; block the tenant instead)",
+                ));
+            }
         }
         if let Some((_, floor)) = &self.adaptive {
             if !(*floor > 0.0 && *floor <= 1.0) {

@@ -102,6 +102,12 @@ impl Rate {
         if self.period > Duration::from_secs(366 * 86_400) {
             return Err("the period must be at most a year");
         }
+        // The burst takes `t × (burst − 1)` to refill; beyond a year the bucket is a ban, not a limit,
+        // and the arithmetic would approach u64 nanoseconds.
+        let g = self.gcra();
+        if g.tau > nanos(Duration::from_secs(366 * 86_400)) {
+            return Err("the burst must refill within a year (lower the burst or shorten the period)");
+        }
         Ok(())
     }
 
@@ -317,7 +323,7 @@ impl Cell {
             if now < earliest {
                 return self.reject(g, penalty, now, tat, op);
             }
-            let next = tat.max(now) + g.t;
+            let next = tat.max(now).saturating_add(g.t);
             if op == Op::Peek {
                 return admitted(g, now, next);
             }

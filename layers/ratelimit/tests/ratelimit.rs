@@ -563,6 +563,25 @@ fn invalid_configs_are_refused() {
             "max_keys",
         ),
         (
+            // The burst would take ~490,000 years to refill: a ban, and an overflow risk.
+            RateLimitLayer::builder(key())
+                .default_rate(Rate::per_hour(1).burst(u32::MAX))
+                .build(),
+            "default_rate",
+        ),
+        (
+            RateLimitLayer::builder(key())
+                .global(Rate::per_hour(1).burst(u32::MAX))
+                .build(),
+            "global",
+        ),
+        (
+            RateLimitLayer::builder(key())
+                .penalty(Duration::from_secs(1), Duration::MAX, Duration::from_secs(60))
+                .build(),
+            "penalty",
+        ),
+        (
             RateLimitLayer::builder(key())
                 .tier("default", Rate::per_second(1))
                 .build(),
