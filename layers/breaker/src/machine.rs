@@ -57,6 +57,23 @@ pub(crate) fn successes_of(w: u64) -> u32 {
     (w >> SUCC_SHIFT) as u32
 }
 
+/// A time stamped with the generation it belongs to: the top 20 bits hold the generation (mod 2^20),
+/// the low 44 bits milliseconds since the epoch (557 years). Only the thread whose compare-and-swap made
+/// the transition writes the stamp of the new generation; a reader that finds an older generation's stamp
+/// knows the winner has not published yet, instead of trusting a value another thread raced in.
+const STAMP_MS_BITS: u32 = 44;
+const STAMP_MS_MASK: u64 = (1 << STAMP_MS_BITS) - 1;
+
+fn stamp(gen: u32, ns: u64) -> u64 {
+    let ms = ns.div_ceil(1_000_000).min(STAMP_MS_MASK);
+    (u64::from(gen) & 0xF_FFFF) << STAMP_MS_BITS | ms
+}
+
+/// The nanoseconds of a stamp if it belongs to `gen`.
+fn stamp_for(v: u64, gen: u32) -> Option<u64> {
+    (v >> STAMP_MS_BITS == u64::from(gen) & 0xF_FFFF).then(|| (v & STAMP_MS_MASK) * 1_000_000)
+}
+
 /// A word in `state` and `mode`, one generation after `w`, with no probes.
 fn next(w: u64, state: u64, mode: u64) -> u64 {
     let gen = (u64::from(gen_of(w)) + 1) << GEN_SHIFT & GEN_MASK;
@@ -199,9 +216,9 @@ impl Thresholds {
 #[derive(Debug)]
 pub(crate) struct Machine {
     word: AtomicU64,
-    /// When Open ends (ns). Written before the transition to Open is published.
+    /// When Open ends: a [`stamp`] written by the thread that made the transition to Open.
     open_until: AtomicU64,
-    /// When HalfOpen began (ns). Written before the transition to HalfOpen is published.
+    /// When HalfOpen began: a [`stamp`] written by the thread that made the transition to HalfOpen.
     half_open_since: AtomicU64,
     /// Consecutive trips without a successful close; drives the growing wait.
     trips: AtomicU32,
@@ -238,8 +255,10 @@ impl Machine {
     /// Time until the next probe, if Open.
     pub(crate) fn open_remaining(&self, now: u64) -> Option<u64> {
         let w = self.word();
-        (state_of(w) == OPEN && mode_of(w) != FORCED_OPEN)
-            .then(|| self.open_until.load(Ordering::Acquire).saturating_sub(now))
+        if state_of(w) != OPEN || mode_of(w) == FORCED_OPEN {
+            return None;
+        }
+        stamp_for(self.open_until.load(Ordering::Acquire), gen_of(w)).map(|u| u.saturating_sub(now))
     }
 
     /// The hot path: Closed in Normal mode is one load and no clock.
@@ -271,8 +290,9 @@ impl Machine {
                 }
                 (_, OPEN) => {
                     let now = now();
-                    let until = self.open_until.load(Ordering::Acquire);
-                    if now < until {
+                    // Not yet published by the thread that opened the circuit: still open.
+                    let until = stamp_for(self.open_until.load(Ordering::Acquire), gen_of(w));
+                    if until.is_none_or(|until| now < until) {
                         return if mode == METRICS_ONLY {
                             Admission::Admit {
                                 role: Role::Shadow,
@@ -280,18 +300,19 @@ impl Machine {
                             }
                         } else {
                             Admission::Reject {
-                                retry_after: Some(until - now),
+                                retry_after: until.map(|until| until - now),
                             }
                         };
                     }
                     // The wait is over: this call may open the half-open door.
-                    self.half_open_since.store(now, Ordering::Release);
                     let new = next(w, HALF_OPEN, mode);
                     match self
                         .word
                         .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
                     {
                         Ok(_) => {
+                            self.half_open_since
+                                .store(stamp(gen_of(new), now), Ordering::Release);
                             transitions.push(Transition {
                                 from: OPEN,
                                 to: HALF_OPEN,
@@ -326,7 +347,9 @@ impl Machine {
                     }
                     // Every slot is taken. Probes that never settle must not hold HalfOpen forever.
                     let now = now();
-                    let since = self.half_open_since.load(Ordering::Acquire);
+                    // Unpublished (the transition's winner is between its CAS and its store): just begun.
+                    let since = stamp_for(self.half_open_since.load(Ordering::Acquire), gen_of(w))
+                        .unwrap_or(now);
                     if now.saturating_sub(since) >= t.half_open_max_wait {
                         if let Some(tr) = self.reopen(w, t, now, jitter, Reason::HalfOpenTimedOut) {
                             transitions.push(tr);
@@ -359,13 +382,16 @@ impl Machine {
         let trips = self.trips.load(Ordering::Relaxed).saturating_add(1);
         let wait = t.wait(trips);
         let wait = wait.saturating_add(jitter(wait));
-        self.open_until
-            .store(now.saturating_add(wait), Ordering::Release);
         let mode = mode_of(w);
         let new = next(w, OPEN, mode);
         self.word
             .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
+        // Only the winner writes the new generation's stamp, so a racing loser cannot change the wait.
+        self.open_until.store(
+            stamp(gen_of(new), now.saturating_add(wait)),
+            Ordering::Release,
+        );
         self.trips.fetch_add(1, Ordering::Relaxed);
         Some(Transition {
             from: state_of(w),
@@ -536,20 +562,25 @@ impl Machine {
         }
         let mut w = self.word.load(Ordering::Acquire);
         loop {
-            match self.word.compare_exchange(
-                w,
-                next(w, state, mode),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            let new = next(w, state, mode);
+            match self
+                .word
+                .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
+                    if state == OPEN {
+                        // Forced open waits for no timer; an Open set by hand in another mode may
+                        // probe at once.
+                        self.open_until
+                            .store(stamp(gen_of(new), 0), Ordering::Release);
+                    }
                     return Transition {
                         from: state_of(w),
                         to: state,
                         mode,
                         reason: Reason::Manual(why),
                         wait: None,
-                    }
+                    };
                 }
                 Err(actual) => w = actual,
             }
@@ -653,7 +684,9 @@ fn adjust(counter: &AtomicU32, was: bool, is: bool) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         (true, false) => {
-            counter.fetch_sub(1, Ordering::Relaxed);
+            // Saturating: a concurrent `clear` may have zeroed the count after this slot was swapped.
+            let _ =
+                counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
         }
         _ => {}
     }
@@ -866,7 +899,6 @@ mod tests {
         let t = thresholds();
         let m = Machine::new(None, None);
         m.force(OPEN, NORMAL, "test");
-        m.open_until.store(0, Ordering::Relaxed);
         m.trips.store(1, Ordering::Relaxed);
         let (a, _) = admit(&m, &t, 10 * S);
         let Admission::Admit { gen, .. } = a else {
@@ -875,6 +907,36 @@ mod tests {
         let tr = record(&m, &t, Role::Probe, gen, Recorded::FAILURE, 10 * S).unwrap();
         assert_eq!((tr.from, tr.to, tr.wait), (HALF_OPEN, OPEN, Some(4 * S)));
         assert_eq!(tr.reason, Reason::ProbeFailed);
+    }
+
+    #[test]
+    fn a_losing_reopen_cannot_change_the_wait() {
+        let t = thresholds();
+        let m = Machine::new(None, None);
+        let w0 = m.word();
+        // Two threads saw the same Closed word; the first wins and opens for 2 s from t = 0.
+        assert!(m
+            .reopen(w0, &t, 0, &mut |_| 0, Reason::ProbeFailed)
+            .is_some());
+        // The second, late (t = 100 s) and stale, loses the CAS and must not move the end of the wait.
+        assert!(m
+            .reopen(w0, &t, 100 * S, &mut |_| 0, Reason::ProbeFailed)
+            .is_none());
+        assert_eq!(m.open_remaining(0), Some(2 * S));
+        assert_eq!(m.trips(), 1);
+    }
+
+    #[test]
+    fn an_unpublished_open_stamp_means_still_open() {
+        let t = thresholds();
+        let m = Machine::new(None, None);
+        let w0 = m.word();
+        // The gap between the winner's CAS and its stamp: the word says Open, the stamp is older.
+        m.word.store(next(w0, OPEN, NORMAL), Ordering::Release);
+        assert_eq!(
+            admit(&m, &t, 1_000 * S).0,
+            Admission::Reject { retry_after: None }
+        );
     }
 
     #[test]
@@ -1114,27 +1176,36 @@ mod loom_tests {
             let t = Arc::new(thresholds(1, 1));
             let m = Arc::new(Machine::new(None, None));
             let gen = m.try_fast_admit().unwrap();
-            let handles: Vec<_> = (0..2)
-                .map(|_| {
+            // The two threads see different clocks; whichever wins, the wait it computed is the one
+            // published (a loser must not overwrite it).
+            let handles: Vec<_> = [0u64, 5_000_000]
+                .into_iter()
+                .map(|now| {
                     let (m, t) = (m.clone(), t.clone());
                     thread::spawn(move || {
-                        m.record(
+                        let tr = m.record(
                             &t,
                             Role::Normal,
                             gen,
                             Recorded::FAILURE,
-                            &mut || 0,
+                            &mut || now,
                             &mut |_| 0,
-                        )
+                        );
+                        tr.map(|tr| (tr, now))
                     })
                 })
                 .collect();
-            let n = handles
+            let wins: Vec<_> = handles
                 .into_iter()
                 .filter_map(|h| h.join().unwrap())
-                .count();
-            assert_eq!(n, 1);
-            assert_eq!(state_of(m.word()), OPEN);
+                .collect();
+            assert_eq!(wins.len(), 1);
+            let (tr, now) = &wins[0];
+            let w = m.word();
+            assert_eq!(state_of(w), OPEN);
+            let until = stamp_for(m.open_until.load(Ordering::Acquire), gen_of(w));
+            let expected = (now + tr.wait.unwrap()).div_ceil(1_000_000) * 1_000_000;
+            assert_eq!(until, Some(expected));
         });
     }
 }

@@ -106,7 +106,9 @@ impl Rate {
         // and the arithmetic would approach u64 nanoseconds.
         let g = self.gcra();
         if g.tau > nanos(Duration::from_secs(366 * 86_400)) {
-            return Err("the burst must refill within a year (lower the burst or shorten the period)");
+            return Err(
+                "the burst must refill within a year (lower the burst or shorten the period)",
+            );
         }
         Ok(())
     }

@@ -577,7 +577,11 @@ fn invalid_configs_are_refused() {
         ),
         (
             RateLimitLayer::builder(key())
-                .penalty(Duration::from_secs(1), Duration::MAX, Duration::from_secs(60))
+                .penalty(
+                    Duration::from_secs(1),
+                    Duration::MAX,
+                    Duration::from_secs(60),
+                )
                 .build(),
             "penalty",
         ),
