@@ -759,9 +759,11 @@ impl TimeWindow {
         for b in self.buckets.iter() {
             let stamp = b.second.load(Ordering::Acquire);
             if stamp >= oldest && stamp <= second + 1 {
-                s.calls += b.calls.load(Ordering::Relaxed);
-                s.failures += b.failures.load(Ordering::Relaxed);
-                s.slow += b.slow.load(Ordering::Relaxed);
+                s.calls = s.calls.saturating_add(b.calls.load(Ordering::Relaxed));
+                s.failures = s
+                    .failures
+                    .saturating_add(b.failures.load(Ordering::Relaxed));
+                s.slow = s.slow.saturating_add(b.slow.load(Ordering::Relaxed));
             }
         }
         s

@@ -173,13 +173,19 @@ impl<C> Circuit<C> {
         let c = &*self.common;
         let was_open = tr.from != machine::CLOSED;
         let is_open = tr.to != machine::CLOSED;
-        let open = match (was_open, is_open) {
-            (false, true) => c.open_circuits.fetch_add(1, Ordering::Relaxed) + 1,
-            (true, false) => c
-                .open_circuits
-                .fetch_sub(1, Ordering::Relaxed)
-                .saturating_sub(1),
-            _ => c.open_circuits.load(Ordering::Relaxed),
+        // Transitions of one circuit can be published out of order (the thread that won a CAS may
+        // publish after later transitions did): keep the count saturating rather than wrapping.
+        let delta = |c: usize| match (was_open, is_open) {
+            (false, true) => Some(c.saturating_add(1)),
+            (true, false) => Some(c.saturating_sub(1)),
+            _ => None,
+        };
+        let open = match c
+            .open_circuits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, delta)
+        {
+            Ok(prev) => delta(prev).unwrap_or(prev),
+            Err(current) => current,
         };
         let kind = event_kind(&tr);
         let reason = ReasonText(&tr.reason, &c.thresholds).to_string();
