@@ -295,8 +295,8 @@ impl<C, R> RetryBuilder<C, R> {
     }
 
     /// Where give-ups and budget exhaustion are recorded (default [`Audit::disabled`]).
-    pub fn audit(mut self, audit: Audit) -> Self {
-        self.audit = audit;
+    pub fn audit(mut self, audit: &Audit) -> Self {
+        self.audit = audit.clone();
         self
     }
 

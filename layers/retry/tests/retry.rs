@@ -512,7 +512,7 @@ async fn body_under_the_limit_is_replayed_identically() {
 async fn give_up_is_recorded_in_audit() {
     let (audit, ring) = Audit::memory(16);
     let up = Upstream::new(|_| status(503));
-    let layer = plain(3).audit(audit.clone()).build().unwrap();
+    let layer = plain(3).audit(&audit).build().unwrap();
     let res = layer.layer(up.clone()).oneshot(get()).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     audit.flush().await.unwrap();
