@@ -37,6 +37,7 @@
 
 pub mod ops;
 pub mod rescue;
+pub mod stack;
 
 pub use palisade_core::{audit, classify, error, grpc, health, key, rng, BoxError, Rejection};
 
