@@ -35,6 +35,10 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "config")]
+pub mod config;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod ops;
 pub mod rescue;
 pub mod stack;

@@ -1,0 +1,2 @@
+//! Placeholder: the whole-stack bench (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder: the demo server (being written).
+fn main() {}

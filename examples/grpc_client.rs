@@ -1,0 +1,2 @@
+//! Placeholder: the tonic client example (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder: the load benchmark server (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Placeholder: the demo server as a process (being written).

@@ -1,0 +1,1 @@
+//! Placeholder: whole-stack tonic tests (being written).

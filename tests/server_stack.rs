@@ -1,0 +1,1 @@
+//! Placeholder: whole-stack server tests (being written).
