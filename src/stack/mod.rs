@@ -4,7 +4,8 @@
 //!   **rescue → gate → rate limit → bulkhead → timeout → fallback → breaker → chaos → handler**.
 //!   Its service is `Error = Infallible`, so it goes straight into `axum::Router::layer`.
 //!   Idempotency is per route (it needs to know which routes create things): build it with
-//!   [`ServerStack::idempotency`] and put it on those routes with `route_layer`.
+//!   [`ServerStack::idempotency`] (which wraps it in the stack's rescue) and put it on those routes with
+//!   `route_layer`.
 //! - [`ClientStack`] — for tonic channels and hyper clients:
 //!   **total timeout → retry → breaker → per-try timeout → bulkhead → chaos → transport**; with
 //!   [`ClientStack::tonic`], errors become `tonic::Status` and the stack is a tonic transport.
@@ -103,7 +104,7 @@ pub use part::FallbackBuild;
 #[cfg(feature = "timeout")]
 pub use part::TimeoutSlot;
 pub use part::{slot, BuildContext, Part};
-pub use server::{ServerStack, ServerStackBuilder};
+pub use server::{Rescued, ServerStack, ServerStackBuilder};
 
 use crate::ops::StatusRegistry;
 

@@ -59,8 +59,10 @@ impl<G, R, B, T, F, C, X> ServerStack<G, R, B, T, F, C, X> {
     }
 
     /// Builds an Idempotency-Key layer that records to this stack's audit log, for the routes that
-    /// create things (`Router::route_layer`). It sits inside the stack, so a replay is still rate
-    /// limited and a refused request never reaches the idempotency store.
+    /// create things (`MethodRouter::route_layer`). It is wrapped in this stack's rescue layer, so its
+    /// refusals (missing key, conflict, mismatch) become responses and it fits axum's infallible route
+    /// layers. It sits inside the stack, so a replay is still rate limited and a refused request never
+    /// reaches the idempotency store. [`Rescued::inner`] gives the layer (and its handle).
     ///
     /// # Errors
     ///
@@ -69,14 +71,46 @@ impl<G, R, B, T, F, C, X> ServerStack<G, R, B, T, F, C, X> {
     pub fn idempotency<K, St>(
         &self,
         builder: palisade_idempotency::Builder<K, St>,
-    ) -> Result<palisade_idempotency::IdempotencyLayer<K>, StackError>
+    ) -> Result<Rescued<palisade_idempotency::IdempotencyLayer<K>>, StackError>
     where
         St: palisade_idempotency::IdempotencyStore,
     {
-        builder
+        let layer = builder
             .audit(self.handles.audit())
             .build()
-            .map_err(|e| StackError::new("idempotency", e))
+            .map_err(|e| StackError::new("idempotency", e))?;
+        Ok(self.rescued(layer))
+    }
+
+    /// Wraps `layer` in this stack's rescue layer, for layers used per route (`route_layer` wants an
+    /// infallible service).
+    pub fn rescued<L>(&self, layer: L) -> Rescued<L> {
+        Rescued {
+            rescue: self.rescue.clone(),
+            inner: layer,
+        }
+    }
+}
+
+/// A layer wrapped in a rescue layer: its refusals become responses (see [`ServerStack::rescued`]).
+#[derive(Debug, Clone)]
+pub struct Rescued<L> {
+    rescue: RescueLayer,
+    inner: L,
+}
+
+impl<L> Rescued<L> {
+    /// The wrapped layer (e.g. for its `handle()`).
+    pub fn inner(&self) -> &L {
+        &self.inner
+    }
+}
+
+impl<S, L: Layer<S>> Layer<S> for Rescued<L> {
+    type Service = Rescue<L::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.rescue.layer(self.inner.layer(inner))
     }
 }
 
