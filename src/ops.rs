@@ -69,7 +69,7 @@ pub struct OpsBody {
 }
 
 impl OpsBody {
-    fn new(data: impl Into<Bytes>) -> Self {
+    pub(crate) fn new(data: impl Into<Bytes>) -> Self {
         let data = data.into();
         OpsBody {
             data: (!data.is_empty()).then_some(data),
