@@ -43,7 +43,7 @@ pub fn to_status(err: &(dyn Error + 'static)) -> Status {
     let (code, message, retry_after) = super::grpc_parts(err);
     let mut status = Status::new(Code::from_i32(code.as_i32()), message);
     if let Some(after) = retry_after {
-        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        let ms = super::saturating_ms(after);
         status
             .metadata_mut()
             .insert("grpc-retry-pushback-ms", MetadataValue::from(ms));

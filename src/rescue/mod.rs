@@ -318,8 +318,10 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn saturating_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// Whole milliseconds, rounded up (a wait of 77 µs is 1 ms, not 0), saturating.
+pub(crate) fn saturating_ms(d: Duration) -> u64 {
+    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0);
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=0;t=12`
@@ -524,6 +526,14 @@ mod tests {
         assert_eq!(json["detail"], format!("{err}"));
         assert!(json.get("retry_after_ms").is_none());
         assert_eq!(json.as_object().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn retry_after_milliseconds_round_up() {
+        assert_eq!(saturating_ms(Duration::from_micros(78)), 1);
+        assert_eq!(saturating_ms(Duration::from_millis(5)), 5);
+        assert_eq!(saturating_ms(Duration::from_nanos(5_000_001)), 6);
+        assert_eq!(saturating_ms(Duration::MAX), u64::MAX);
     }
 
     #[test]
