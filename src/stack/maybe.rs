@@ -180,25 +180,27 @@ impl<BA, BS> fmt::Debug for MaybeBody<BA, BS> {
     }
 }
 
+/// The error is the layer's body's: every palisade layer passes its inner body's error through (or
+/// boxes it), so the inner service's error converts into it. Keeping a concrete error type (rather than
+/// boxing it) lets layers further out that need `Body::Error: Error` — the breaker's classifying body —
+/// wrap a `MaybeBody`.
 impl<BA, BS> Body for MaybeBody<BA, BS>
 where
     BA: Body<Data = Bytes>,
     BA::Error: Into<BoxError>,
     BS: Body<Data = Bytes>,
-    BS::Error: Into<BoxError>,
+    BS::Error: Into<BA::Error>,
 {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = BA::Error;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BA::Error>>> {
         match self.project().inner.project() {
-            EitherProj::On { inner } => inner
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
+            EitherProj::On { inner } => inner.poll_frame(cx),
             EitherProj::Off { inner } => inner
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(Into::into))),

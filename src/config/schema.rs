@@ -1,0 +1,748 @@
+//! The typed config: one struct per section, every field named like the builder method it feeds.
+//!
+//! An `Option` field that is `None` (the key is absent) leaves the builder's default in place.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use palisade_degrade::{Level, Priority};
+use serde::Deserialize;
+
+use super::duration;
+use super::parse::{self, Secret, TenantId};
+
+/// The server stack: `[server]` and its sections. A section present puts that layer in the stack.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The request header naming the tenant (e.g. `"x-tenant-id"`), used by the rate limit, a keyed
+    /// bulkhead, idempotency scopes and tenant-targeted chaos faults.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub tenant_header: Option<HeaderName>,
+    /// The longest tenant header value accepted (default `HeaderKey::DEFAULT_MAX_LEN`, 128).
+    #[serde(default)]
+    pub tenant_max_len: Option<usize>,
+    /// `[server.gate]`: the degradation gate.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
+    /// `[server.rate_limit]`: the per-tenant rate limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// `[server.bulkhead]`: the bulkhead.
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConfig>,
+    /// `[server.timeout]`: the request timeout.
+    #[serde(default)]
+    pub timeout: Option<TimeoutConfig>,
+    /// `[server.fallback]`: a static fallback response.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
+    /// `[server.breaker]`: the circuit breaker.
+    #[serde(default)]
+    pub breaker: Option<BreakerConfig>,
+    /// `[server.chaos]`: fault injection (faults are injected at run time through the handle).
+    #[serde(default)]
+    pub chaos: Option<ChaosConfig>,
+    /// `[server.idempotency]`: the Idempotency-Key layer, for the routes that create things.
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+/// The client stack: `[client]` and its sections (a tonic client: `ClientStack::tonic()`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// `[client.total_timeout]`: the timeout over every attempt and backoff.
+    #[serde(default)]
+    pub total_timeout: Option<TimeoutConfig>,
+    /// `[client.retry]`: retry with backoff and a budget.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// `[client.breaker]`: the circuit breaker.
+    #[serde(default)]
+    pub breaker: Option<BreakerConfig>,
+    /// `[client.per_try_timeout]`: the timeout of one attempt.
+    #[serde(default)]
+    pub per_try_timeout: Option<TimeoutConfig>,
+    /// `[client.bulkhead]`: calls in flight to the backend (unkeyed).
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConfig>,
+    /// `[client.chaos]`: fault injection next to the transport.
+    #[serde(default)]
+    pub chaos: Option<ChaosConfig>,
+}
+
+/// `[server.gate]`: `palisade::degrade::Builder`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GateConfig {
+    /// `name`: the health component is `gate.<name>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `initial_level`: `normal`, `degraded`, `critical`, `read_only` or `maintenance`. Changing it
+    /// and reloading sets the live level.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub initial_level: Option<Level>,
+    /// `level_from_env`: also read `PALISADE_READ_ONLY` and `PALISADE_GATE_LEVEL` (read when the
+    /// config is loaded, from the same environment as the overrides).
+    #[serde(default)]
+    pub level_from_env: bool,
+    /// `floor`: the lowest class each level admits.
+    #[serde(default)]
+    pub floor: Option<FloorConfig>,
+    /// `default_priority`: `background`, `normal` or `critical`.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub default_priority: Option<Priority>,
+    /// `routes`: path prefix → priority class (the builder's `route`).
+    #[serde(default, deserialize_with = "parse::map_values")]
+    pub routes: BTreeMap<String, Priority>,
+    /// `priority_header`: read the class from this header.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub priority_header: Option<HeaderName>,
+    /// `priority_header_max`: the highest class the header may claim.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub priority_header_max: Option<Priority>,
+    /// `retry_after`: the `Retry-After` hint on refusals.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub retry_after: Option<Duration>,
+    /// `no_retry_after = true`: refusals carry no hint.
+    #[serde(default)]
+    pub no_retry_after: bool,
+    /// `health_levels`: `{ degraded_at = "degraded", unhealthy_at = "maintenance" }`.
+    #[serde(default)]
+    pub health_levels: Option<HealthLevelsConfig>,
+    /// `load_at`: the load published at each level, in `[0, 1]`.
+    #[serde(default)]
+    pub load_at: Option<LoadAtConfig>,
+    /// `auto_in_flight`: `{ level, enter, leave }` in requests in flight.
+    #[serde(default)]
+    pub auto_in_flight: Option<InFlightTrigger>,
+    /// `auto_latency_p95`: `{ level, enter, leave }` as durations.
+    #[serde(default)]
+    pub auto_latency_p95: Option<LatencyTrigger>,
+    /// `auto_error_rate`: `{ level, enter, leave }` as rates in `(0, 1]`.
+    #[serde(default)]
+    pub auto_error_rate: Option<ErrorRateTrigger>,
+    /// `auto_dwell`: the least time at a level before stepping down.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub auto_dwell: Option<Duration>,
+    /// `auto_interval`: how often the request path evaluates the signals.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub auto_interval: Option<Duration>,
+    /// `auto_window`: the window of the latency and error-rate signals.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub auto_window: Option<Duration>,
+    /// `auto_min_samples`: calls needed in the window before the rates count.
+    #[serde(default)]
+    pub auto_min_samples: Option<u32>,
+    /// `auto_samples`: how many recent calls are kept.
+    #[serde(default)]
+    pub auto_samples: Option<usize>,
+    /// `manual_hold`: how long an operator's level holds in automatic mode.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub manual_hold: Option<Duration>,
+}
+
+/// `floor = { degraded = "normal", critical = "critical", read_only = "background" }`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FloorConfig {
+    /// The lowest class `degraded` admits.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub degraded: Option<Priority>,
+    /// The lowest class `critical` admits.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub critical: Option<Priority>,
+    /// The lowest class `read_only` admits.
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub read_only: Option<Priority>,
+}
+
+/// `health_levels = { degraded_at = .., unhealthy_at = .. }` (both required).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthLevelsConfig {
+    /// From this level the health component is degraded.
+    #[serde(deserialize_with = "parse::required")]
+    pub degraded_at: Level,
+    /// From this level the health component is unhealthy.
+    #[serde(deserialize_with = "parse::required")]
+    pub unhealthy_at: Level,
+}
+
+/// `load_at = { degraded = 0.5, critical = 0.8, ... }`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LoadAtConfig {
+    /// Load published at `normal`.
+    #[serde(default)]
+    pub normal: Option<f64>,
+    /// Load published at `degraded`.
+    #[serde(default)]
+    pub degraded: Option<f64>,
+    /// Load published at `critical`.
+    #[serde(default)]
+    pub critical: Option<f64>,
+    /// Load published at `read_only`.
+    #[serde(default)]
+    pub read_only: Option<f64>,
+    /// Load published at `maintenance`.
+    #[serde(default)]
+    pub maintenance: Option<f64>,
+}
+
+/// `auto_in_flight = { level = "degraded", enter = 200, leave = 100 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct InFlightTrigger {
+    /// The level to go to.
+    #[serde(deserialize_with = "parse::required")]
+    pub level: Level,
+    /// Enter at this many requests in flight.
+    pub enter: u64,
+    /// Leave below this many.
+    pub leave: u64,
+}
+
+/// `auto_latency_p95 = { level = "critical", enter = "800ms", leave = "300ms" }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LatencyTrigger {
+    /// The level to go to.
+    #[serde(deserialize_with = "parse::required")]
+    pub level: Level,
+    /// Enter at this p95 latency.
+    #[serde(deserialize_with = "duration::required")]
+    pub enter: Duration,
+    /// Leave below this p95 latency.
+    #[serde(deserialize_with = "duration::required")]
+    pub leave: Duration,
+}
+
+/// `auto_error_rate = { level = "degraded", enter = 0.5, leave = 0.2 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ErrorRateTrigger {
+    /// The level to go to.
+    #[serde(deserialize_with = "parse::required")]
+    pub level: Level,
+    /// Enter at this error rate.
+    pub enter: f64,
+    /// Leave below this error rate.
+    pub leave: f64,
+}
+
+/// A rate: `{ limit = 100, per = "1s", burst = 200 }` — `limit` requests per `per`, bursts of
+/// `burst` (default: `limit`). `palisade::ratelimit::Rate::new(limit, per).burst(burst)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateConfig {
+    /// Requests per `per`.
+    pub limit: u32,
+    /// The period.
+    #[serde(deserialize_with = "duration::required")]
+    pub per: Duration,
+    /// The largest burst (default `limit`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateConfig {
+    /// The rate limiter's `Rate`.
+    pub fn rate(&self) -> palisade_ratelimit::Rate {
+        let rate = palisade_ratelimit::Rate::new(self.limit, self.per);
+        match self.burst {
+            Some(b) => rate.burst(b),
+            None => rate,
+        }
+    }
+}
+
+/// What happens to a request without a key: `"reject"` or `"anonymous"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissingKeyPolicy {
+    /// Refuse it (`400`).
+    Reject,
+    /// Share one anonymous bucket / tenant.
+    Anonymous,
+}
+
+/// `[server.rate_limit]`: `palisade::ratelimit::Builder`, keyed by `server.tenant_header`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RateLimitConfig {
+    /// `default_rate`: the rate of tenants in no other tier. Reloadable.
+    #[serde(default)]
+    pub default_rate: Option<RateConfig>,
+    /// `[server.rate_limit.tiers]`: named rates (the builder's `tier`). Reloadable (created or changed).
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RateConfig>,
+    /// `[server.rate_limit.tenants]`: tenant → tier (the builder's `tenant`). Reloadable.
+    #[serde(default)]
+    pub tenants: BTreeMap<TenantId, String>,
+    /// `global`: a limit on all requests together. Reloadable (if present at start).
+    #[serde(default)]
+    pub global: Option<RateConfig>,
+    /// `missing_key`: `"reject"` (the builder's default) or `"anonymous"`.
+    #[serde(default)]
+    pub missing_key: Option<MissingKeyPolicy>,
+    /// `penalty = { base, max, decay }`: repeat offenders wait longer.
+    #[serde(default)]
+    pub penalty: Option<PenaltyConfig>,
+    /// `adaptive_floor`: quotas shrink with the gate's load down to this fraction (needs
+    /// `[server.gate]`, whose load signal it follows).
+    #[serde(default)]
+    pub adaptive_floor: Option<f64>,
+    /// `headers_on_success`: add `RateLimit` headers to admitted responses.
+    #[serde(default)]
+    pub headers_on_success: Option<bool>,
+    /// `max_keys`: the most tenants tracked at once.
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+    /// `idle_timeout`: a full bucket unused this long may be forgotten.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `penalty = { base = "1s", max = "1m", decay = "10m" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PenaltyConfig {
+    /// The penalty at the second streak.
+    #[serde(deserialize_with = "duration::required")]
+    pub base: Duration,
+    /// The largest penalty.
+    #[serde(deserialize_with = "duration::required")]
+    pub max: Duration,
+    /// How long without a violation forgives one level.
+    #[serde(deserialize_with = "duration::required")]
+    pub decay: Duration,
+}
+
+/// `[server.bulkhead]` / `[client.bulkhead]`: `palisade::bulkhead::Builder`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BulkheadConfig {
+    /// `name`: the health component is `bulkhead.<name>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `max_concurrent`: requests in flight. Reloadable.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// `keyed = true`: per-tenant accounting by `server.tenant_header` (server only).
+    #[serde(default)]
+    pub keyed: bool,
+    /// `max_per_tenant`: one tenant's share (keyed). Reloadable.
+    #[serde(default)]
+    pub max_per_tenant: Option<usize>,
+    /// `queue = { max_len, max_wait }`: wait for a slot instead of being refused at once.
+    #[serde(default)]
+    pub queue: Option<QueueConfig>,
+    /// `max_queued_per_tenant`: one tenant's waiters (queue).
+    #[serde(default)]
+    pub max_queued_per_tenant: Option<usize>,
+    /// `aging`: a waiter this old is served before fresher ones of higher classes (queue).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub aging: Option<Duration>,
+    /// `quantum`: waiters of one tenant served in a row (queue).
+    #[serde(default)]
+    pub quantum: Option<u32>,
+    /// `priority_header`: the queue's class from this header (`critical`, `normal`, `background`;
+    /// server only).
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub priority_header: Option<HeaderName>,
+    /// `retry_after`: the hint on `Overloaded`.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub retry_after: Option<Duration>,
+    /// `hold_until_body_end = true`: hold the slot until the response body ends.
+    #[serde(default)]
+    pub hold_until_body_end: bool,
+    /// `missing_key`: `"anonymous"` (the builder's default) or `"reject"` (keyed).
+    #[serde(default)]
+    pub missing_key: Option<MissingKeyPolicy>,
+    /// `max_keys`: tenants tracked (keyed).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+    /// `idle_timeout`: an idle tenant is forgotten after this long (keyed).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `queue = { max_len = 100, max_wait = "500ms" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct QueueConfig {
+    /// The most waiters.
+    pub max_len: usize,
+    /// The longest wait.
+    #[serde(deserialize_with = "duration::required")]
+    pub max_wait: Duration,
+}
+
+/// `[server.timeout]`, `[client.total_timeout]`, `[client.per_try_timeout]`:
+/// `palisade::timeout::TimeoutBuilder`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TimeoutConfig {
+    /// `timeout` (required: the builder has no default).
+    #[serde(deserialize_with = "duration::required")]
+    pub timeout: Duration,
+    /// `grpc_timeout = true`: honour an incoming `grpc-timeout`.
+    #[serde(default)]
+    pub grpc_timeout: Option<bool>,
+    /// `propagate_grpc_timeout = true`: write the budget as `grpc-timeout` (clients).
+    #[serde(default)]
+    pub propagate_grpc_timeout: Option<bool>,
+    /// `header`: also honour a millisecond deadline header, e.g. `"x-request-timeout"`.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+impl TimeoutConfig {
+    /// A config with just `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        TimeoutConfig {
+            timeout,
+            grpc_timeout: None,
+            propagate_grpc_timeout: None,
+            header: None,
+        }
+    }
+}
+
+/// Which errors activate the fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FallbackTrigger {
+    /// `Trigger::unavailable()` (the builder's default): open circuit, overload, shed, timeout, or
+    /// an error that is not a palisade rejection.
+    #[default]
+    Unavailable,
+    /// `Trigger::any_error()`: every error.
+    AnyError,
+    /// `Trigger::any_rejection()`: any palisade rejection.
+    AnyRejection,
+}
+
+/// `[server.fallback]`: `palisade::fallback::Builder` with a static response.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FallbackConfig {
+    /// `name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `status` of the static response (required).
+    #[serde(deserialize_with = "parse::status")]
+    pub status: StatusCode,
+    /// `headers` of the static response: `{ "content-type" = "application/json" }`.
+    #[serde(default, deserialize_with = "parse::headers")]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `body` of the static response (default empty).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `trigger`: `"unavailable"` (default), `"any_error"` or `"any_rejection"`.
+    #[serde(default)]
+    pub trigger: FallbackTrigger,
+    /// `trigger_statuses`: response statuses that also activate it, e.g. `[502, 503]`.
+    #[serde(default, deserialize_with = "parse::statuses")]
+    pub trigger_statuses: Vec<StatusCode>,
+}
+
+/// `[server.breaker]` / `[client.breaker]`: `palisade::breaker::Builder`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BreakerConfig {
+    /// `name`: the health component is `breaker.<name>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `consecutive_failures`: trip after this many in a row (0: off).
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// `failure_rate`: trip at this failure rate in `(0, 1]`.
+    #[serde(default)]
+    pub failure_rate: Option<f64>,
+    /// `no_failure_rate = true`: judge no failure rate.
+    #[serde(default)]
+    pub no_failure_rate: bool,
+    /// `slow_call_rate = { threshold = "1s", rate = 0.5 }`.
+    #[serde(default)]
+    pub slow_call_rate: Option<SlowCallConfig>,
+    /// `window_calls`: judge the rates over the last n calls.
+    #[serde(default)]
+    pub window_calls: Option<u32>,
+    /// `window_time`: judge the rates over this long.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub window_time: Option<Duration>,
+    /// `minimum_calls`: rates count once a window holds this many calls.
+    #[serde(default)]
+    pub minimum_calls: Option<u32>,
+    /// `half_open_probes`: probes let through at once.
+    #[serde(default)]
+    pub half_open_probes: Option<u32>,
+    /// `successes_to_close`: successful probes that close the circuit.
+    #[serde(default)]
+    pub successes_to_close: Option<u32>,
+    /// `open_wait = { base = "2s", max = "60s" }` (both required).
+    #[serde(default)]
+    pub open_wait: Option<OpenWaitConfig>,
+    /// `jitter`: up to this fraction of the wait added at random.
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    /// `half_open_max_wait`: how long HalfOpen waits for its probes.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub half_open_max_wait: Option<Duration>,
+    /// `seed`: seeds the jitter.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// `slow_call_rate = { threshold = "1s", rate = 0.5 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SlowCallConfig {
+    /// A call at least this long is slow.
+    #[serde(deserialize_with = "duration::required")]
+    pub threshold: Duration,
+    /// Trip at this slow-call rate.
+    pub rate: f64,
+}
+
+/// `open_wait = { base = "2s", max = "60s" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OpenWaitConfig {
+    /// The first wait.
+    #[serde(deserialize_with = "duration::required")]
+    pub base: Duration,
+    /// The longest wait.
+    #[serde(deserialize_with = "duration::required")]
+    pub max: Duration,
+}
+
+/// `[server.chaos]` / `[client.chaos]`: `palisade::chaos::Builder`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ChaosConfig {
+    /// `name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `seed`: reproducible decisions.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// When a request must carry an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum KeyRuleChoice {
+    /// The layer does not apply.
+    Off,
+    /// Requests with a key are executed at most once.
+    Optional,
+    /// A request without a key is refused.
+    Required,
+}
+
+/// A keyed request without a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissingTenantPolicy {
+    /// Refuse it (the builder's default).
+    Reject,
+    /// One shared anonymous scope.
+    Shared,
+    /// Pass it on without idempotency.
+    Bypass,
+}
+
+/// An abandoned request's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OnAbandonPolicy {
+    /// Forget the record (the builder's default).
+    Release,
+    /// Keep a failed record for the ttl.
+    MarkFailed,
+}
+
+/// One `[[server.idempotency.routes]]` entry: `{ method = "POST", path = "/payments/*", rule = "required" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IdempotencyRoute {
+    /// The method.
+    #[serde(deserialize_with = "parse::required")]
+    pub method: Method,
+    /// An exact path, or a prefix ending in `*`.
+    pub path: String,
+    /// `"off"`, `"optional"` or `"required"`.
+    pub rule: KeyRuleChoice,
+}
+
+/// `[server.idempotency]`: `palisade::idempotency::Builder` on a `MemoryStore`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IdempotencyConfig {
+    /// `name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `methods`: the methods it applies to (default `POST`, `PATCH`).
+    #[serde(default, deserialize_with = "parse::optional_list")]
+    pub methods: Option<Vec<Method>>,
+    /// `require_key`: requests with those methods must carry a key.
+    #[serde(default)]
+    pub require_key: Option<bool>,
+    /// `routes`: per-route rules (the builder's `route`).
+    #[serde(default)]
+    pub routes: Vec<IdempotencyRoute>,
+    /// `fingerprint_headers`: headers included in the fingerprint.
+    #[serde(default, deserialize_with = "parse::list")]
+    pub fingerprint_headers: Vec<HeaderName>,
+    /// `max_request_body`: bytes read from a keyed request.
+    #[serde(default)]
+    pub max_request_body: Option<u64>,
+    /// `max_response_body`: bytes of a response stored.
+    #[serde(default)]
+    pub max_response_body: Option<u64>,
+    /// `lease`: how long an in-flight request holds its key.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub lease: Option<Duration>,
+    /// `ttl`: how long a completed record is kept.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub ttl: Option<Duration>,
+    /// `conflict_retry_after`: the `Retry-After` of a `409`.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub conflict_retry_after: Option<Duration>,
+    /// `store_server_errors`: store and replay 5xx responses.
+    #[serde(default)]
+    pub store_server_errors: Option<bool>,
+    /// `on_abandon`: `"release"` or `"mark_failed"`.
+    #[serde(default)]
+    pub on_abandon: Option<OnAbandonPolicy>,
+    /// `missing_tenant`: `"reject"`, `"shared"` or `"bypass"` (needs `server.tenant_header`).
+    #[serde(default)]
+    pub missing_tenant: Option<MissingTenantPolicy>,
+    /// `secret`: the hashing secret (at least 16 bytes; better set from the environment:
+    /// `PALISADE_SERVER__IDEMPOTENCY__SECRET`).
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// `max_records`: the memory store's record cap.
+    #[serde(default)]
+    pub max_records: Option<usize>,
+    /// `max_bytes`: the memory store's byte cap (at least 1024).
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+}
+
+/// The kind of backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackoffKind {
+    /// `Backoff::exponential(base, max).jitter(jitter)`.
+    #[default]
+    Exponential,
+    /// `Backoff::decorrelated(base, max)`.
+    Decorrelated,
+}
+
+/// `backoff = { kind = "exponential", base = "100ms", max = "60s", jitter = "1s" }`; an absent
+/// `base`, `max` or `jitter` is the default backoff's (`palisade::retry::DEFAULT_BASE`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BackoffConfig {
+    /// `"exponential"` (default) or `"decorrelated"`.
+    #[serde(default)]
+    pub kind: BackoffKind,
+    /// The first delay.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub base: Option<Duration>,
+    /// The largest delay (the cap of decorrelated backoff).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub max: Option<Duration>,
+    /// Exponential only: up to this much added at random.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub jitter: Option<Duration>,
+}
+
+/// `budget = { ratio = 0.2, min_per_sec = 10, window = "10s" }` or `budget = { unlimited = true }`;
+/// an absent part is the default budget's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BudgetConfig {
+    /// No budget.
+    #[serde(default)]
+    pub unlimited: bool,
+    /// Retries as a fraction of requests.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// A floor of retries per second.
+    #[serde(default)]
+    pub min_per_sec: Option<u32>,
+    /// The sliding window (1 to 60 whole seconds).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub window: Option<Duration>,
+}
+
+/// `[client.retry]`: `palisade::retry::RetryBuilder`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// `max_attempts`: attempts, the first included.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// `backoff`.
+    #[serde(default)]
+    pub backoff: Option<BackoffConfig>,
+    /// `retry_after_cap`: the longest a service's retry hint may make it wait.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub retry_after_cap: Option<Duration>,
+    /// `max_body`: the largest request body buffered for replay.
+    #[serde(default)]
+    pub max_body: Option<usize>,
+    /// `retry_timeouts`: retry `Elapsed`.
+    #[serde(default)]
+    pub retry_timeouts: Option<bool>,
+    /// `budget`.
+    #[serde(default)]
+    pub budget: Option<BudgetConfig>,
+    /// `seed`: reproducible jitter.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// `retry_paths`: request paths (gRPC methods, which are all `POST`) that are safe to retry: an
+    /// exact path (`"/inventory.v1.Stock/Get"`) or a prefix ending in `/` (`"/inventory.v1.Stock/"`).
+    /// The builder's `retry_if`.
+    #[serde(default)]
+    pub retry_paths: Vec<String>,
+}
