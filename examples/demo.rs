@@ -45,9 +45,9 @@
 //! curl -i -X POST -H 'x-tenant-id: globex' -H 'Idempotency-Key: "order-1"' localhost:3000/orders
 //! curl -s -H 'x-tenant-id: globex' localhost:3000/orders/count          # {"created":1}
 //!
-//! # Timeouts: the API answers within 1 s or gets a 504 problem.
+//! # Timeouts: the API answers within 2 s or gets a 504 problem.
 //! curl -i -H 'x-tenant-id: initech' 'localhost:3000/slow?ms=100'
-//! curl -i -H 'x-tenant-id: initech' 'localhost:3000/slow?ms=2000'        # 504
+//! curl -i -H 'x-tenant-id: initech' 'localhost:3000/slow?ms=3000'        # 504
 //!
 //! # Read-only mode: writes are refused (503), reads are served.
 //! curl -i -X POST localhost:3000/admin/degrade -d '{"level":"read_only","reason":"db failover"}'
