@@ -103,7 +103,7 @@ async fn server_rejections_reach_tonic_clients_as_statuses() {
             "RateLimited",
             Code::ResourceExhausted,
             Some("1500"),
-            "rate limit exceeded (retry after 1.5s)",
+            "rate limit exceeded (retry after 2s)",
         ),
         (
             "CircuitOpen",

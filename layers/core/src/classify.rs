@@ -15,6 +15,10 @@
 //! - [`SlowCalls`]: wraps any classifier and also counts successful calls slower than a threshold as
 //!   failures ([`Failure::Slow`]).
 //!
+//! Every ready classifier ignores palisade's own local refusals (a full bulkhead, a rate limit, an open
+//! breaker further in, ...): the backend never saw those calls. See
+//! [`Classify`](Classify#local-refusals-are-not-backend-failures).
+//!
 //! A layer that needs the end-of-stream verdict wraps the response body in [`ClassifyBody`], which reports
 //! the outcome exactly once: at the trailers, at the end of the body, on a body error, or — if the body is
 //! dropped before its end — as [`Outcome::Ignored`] (a cancelled call says nothing about the service).
@@ -44,6 +48,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::error::Rejection;
 use crate::grpc::{GrpcCode, GrpcCodes};
 
 /// The verdict on one call.
@@ -111,7 +116,39 @@ pub enum Classified<E> {
 /// Decides whether a call's outcome was a failure.
 ///
 /// Implementations must be cheap: they run on every call. `classify_error` and `classify_latency` have
-/// defaults (every error is a failure; latency does not matter).
+/// defaults (see [`default_error_outcome`]; latency does not matter).
+///
+/// # Local refusals are not backend failures
+///
+/// The default [`classify_error`](Self::classify_error) — used by [`ErrorsOnly`], [`HttpStatus`],
+/// [`Grpc`] and [`SlowCalls`] over them — counts every error as a failure **except palisade's own local
+/// refusals**, found anywhere in the error's source chain: [`Overloaded`], [`RateLimited`], [`Shed`],
+/// [`ReadOnly`], [`CircuitOpen`], and the client errors ([`KeyError`], [`MissingIdempotencyKey`],
+/// [`InvalidIdempotencyKey`], [`IdempotencyConflict`], [`IdempotencyMismatch`], [`PayloadTooLarge`]).
+/// Those are [`Outcome::Ignored`]: a layer further in refused the call before the backend saw it, so
+/// the call says nothing about the backend's health. A full local bulkhead below a breaker must not
+/// open the breaker while the backend is fine. [`Elapsed`] **is** a failure: a timeout is the backend
+/// being slow.
+///
+/// What the consumers do with `Ignored`: the circuit breaker counts it neither as a success nor as a
+/// failure (a half-open probe that ends ignored gives its slot back); the retry layer decides on
+/// palisade's rejections by its own rules before it asks the classifier, so this changes nothing there;
+/// a fallback trigger built on a classifier fires only on what the classifier calls a failure.
+///
+/// Override `classify_error` for other rules, and call [`default_error_outcome`] to keep this one.
+///
+/// [`Overloaded`]: crate::error::Overloaded
+/// [`RateLimited`]: crate::error::RateLimited
+/// [`Shed`]: crate::error::Shed
+/// [`ReadOnly`]: crate::error::ReadOnly
+/// [`CircuitOpen`]: crate::error::CircuitOpen
+/// [`KeyError`]: crate::error::KeyError
+/// [`MissingIdempotencyKey`]: crate::error::MissingIdempotencyKey
+/// [`InvalidIdempotencyKey`]: crate::error::InvalidIdempotencyKey
+/// [`IdempotencyConflict`]: crate::error::IdempotencyConflict
+/// [`IdempotencyMismatch`]: crate::error::IdempotencyMismatch
+/// [`PayloadTooLarge`]: crate::error::PayloadTooLarge
+/// [`Elapsed`]: crate::error::Elapsed
 pub trait Classify<Res>: Send + Sync {
     /// Finishes the verdict at the end of a body, for classifiers that may need to (use [`NoEos`]
     /// otherwise).
@@ -120,10 +157,10 @@ pub trait Classify<Res>: Send + Sync {
     /// Classifies a response.
     fn classify_response(&self, res: &Res) -> Classified<Self::Eos>;
 
-    /// Classifies an error returned instead of a response. Default: every error is a failure.
+    /// Classifies an error returned instead of a response. Default: [`default_error_outcome`] — a
+    /// failure, unless it is a local refusal (see [above](Classify#local-refusals-are-not-backend-failures)).
     fn classify_error(&self, err: &(dyn Error + 'static)) -> Outcome {
-        let _ = err;
-        Outcome::Failure(Failure::Error)
+        default_error_outcome(err)
     }
 
     /// Classifies the call's latency, measured by the layer from the call until the outcome is known.
@@ -131,6 +168,51 @@ pub trait Classify<Res>: Send + Sync {
     fn classify_latency(&self, elapsed: Duration) -> Option<Failure> {
         let _ = elapsed;
         None
+    }
+}
+
+/// The default verdict on an error: [`Outcome::Ignored`] if it is one of palisade's local refusals (see
+/// [`is_local_refusal`]), else [`Outcome::Failure`]`(`[`Failure::Error`]`)`.
+///
+/// ```
+/// use palisade_core::classify::{default_error_outcome, Failure, Outcome};
+/// use palisade_core::error::{BoxError, Elapsed, Overloaded};
+/// use std::time::Duration;
+///
+/// let full: BoxError = Overloaded::new().into();
+/// assert_eq!(default_error_outcome(&*full), Outcome::Ignored);
+/// let slow: BoxError = Elapsed::new(Duration::from_secs(1)).into();
+/// assert_eq!(default_error_outcome(&*slow), Outcome::Failure(Failure::Error));
+/// let reset: BoxError = "connection reset".into();
+/// assert_eq!(default_error_outcome(&*reset), Outcome::Failure(Failure::Error));
+/// ```
+pub fn default_error_outcome(err: &(dyn Error + 'static)) -> Outcome {
+    if is_local_refusal(err) {
+        Outcome::Ignored
+    } else {
+        Outcome::Failure(Failure::Error)
+    }
+}
+
+/// Whether `err` (or an error in its source chain) is a palisade layer refusing the call locally, before
+/// the backend saw it: every [`Rejection`] but [`Elapsed`](crate::error::Elapsed). The outermost
+/// rejection in the chain decides.
+pub fn is_local_refusal(err: &(dyn Error + 'static)) -> bool {
+    match Rejection::find(err) {
+        None | Some(Rejection::Elapsed(_)) => false,
+        Some(
+            Rejection::RateLimited(_)
+            | Rejection::CircuitOpen(_)
+            | Rejection::Overloaded(_)
+            | Rejection::Shed(_)
+            | Rejection::ReadOnly(_)
+            | Rejection::InvalidKey(_)
+            | Rejection::MissingIdempotencyKey(_)
+            | Rejection::InvalidIdempotencyKey(_)
+            | Rejection::IdempotencyConflict(_)
+            | Rejection::IdempotencyMismatch(_)
+            | Rejection::PayloadTooLarge(_),
+        ) => true,
     }
 }
 
@@ -175,8 +257,9 @@ impl<Res, C: Classify<Res> + ?Sized> Classify<Res> for std::sync::Arc<C> {
     }
 }
 
-/// An `Err` is a failure; every response is a success. For non-HTTP services, or when the inner layers
-/// already turn bad responses into errors.
+/// An `Err` is a failure (but a local refusal is ignored, see
+/// [`Classify`](Classify#local-refusals-are-not-backend-failures)); every response is a success. For
+/// non-HTTP services, or when the inner layers already turn bad responses into errors.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorsOnly;
 
@@ -249,7 +332,8 @@ impl fmt::Debug for StatusSet {
     }
 }
 
-/// An `Err`, or an HTTP status in the failure set (default: every 5xx), is a failure.
+/// An `Err`, or an HTTP status in the failure set (default: every 5xx), is a failure; a local refusal
+/// is ignored (see [`Classify`](Classify#local-refusals-are-not-backend-failures)).
 ///
 /// ```
 /// use http::StatusCode;
@@ -587,5 +671,109 @@ where
 impl ClassifyEos for Infallible {
     fn classify_eos(self, _: Option<&HeaderMap>) -> Outcome {
         match self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{
+        BoxError, CircuitOpen, Elapsed, IdempotencyConflict, IdempotencyMismatch,
+        InvalidIdempotencyKey, KeyError, MissingIdempotencyKey, Overloaded, PayloadTooLarge,
+        RateLimited, ReadOnly, Shed,
+    };
+
+    /// An error wrapping another, as a transport or a user's layer might.
+    #[derive(Debug)]
+    struct Wrapper(BoxError);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    fn refusals() -> Vec<BoxError> {
+        vec![
+            Overloaded::new().into(),
+            RateLimited::new(Duration::from_secs(1)).into(),
+            Shed::new("critical").into(),
+            ReadOnly::new().into(),
+            CircuitOpen::new(None).into(),
+            KeyError::missing("header x-tenant-id").into(),
+            MissingIdempotencyKey::new().into(),
+            InvalidIdempotencyKey::new("too long").into(),
+            IdempotencyConflict::new(None).into(),
+            IdempotencyMismatch::new().into(),
+            PayloadTooLarge::new(1024).into(),
+        ]
+    }
+
+    /// The verdict of every ready classifier on `err`, all of which must agree.
+    fn verdicts(err: &BoxError) -> [Outcome; 4] {
+        type Res = Response<()>;
+        let e: &(dyn Error + 'static) = &**err;
+        [
+            <ErrorsOnly as Classify<Res>>::classify_error(&ErrorsOnly, e),
+            <HttpStatus as Classify<Res>>::classify_error(&HttpStatus::server_errors(), e),
+            <Grpc as Classify<Res>>::classify_error(&Grpc::new(), e),
+            <SlowCalls<Grpc> as Classify<Res>>::classify_error(
+                &SlowCalls::new(Grpc::new(), Duration::from_millis(100)),
+                e,
+            ),
+        ]
+    }
+
+    #[test]
+    fn local_refusals_are_ignored_by_every_ready_classifier() {
+        for err in refusals() {
+            assert!(is_local_refusal(&*err), "{err}");
+            assert_eq!(verdicts(&err), [Outcome::Ignored; 4], "{err}");
+        }
+    }
+
+    #[test]
+    fn local_refusals_are_found_deep_in_the_chain() {
+        for err in refusals() {
+            let label = err.to_string();
+            let wrapped: BoxError = Box::new(Wrapper(Box::new(Wrapper(err))));
+            assert_eq!(verdicts(&wrapped), [Outcome::Ignored; 4], "{label}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_is_a_failure() {
+        let failed = [Outcome::Failure(Failure::Error); 4];
+        let err: BoxError = Elapsed::new(Duration::from_secs(1)).into();
+        assert!(!is_local_refusal(&*err));
+        assert_eq!(verdicts(&err), failed);
+        let wrapped: BoxError = Box::new(Wrapper(err));
+        assert_eq!(verdicts(&wrapped), failed);
+    }
+
+    #[test]
+    fn other_errors_are_failures() {
+        let failed = [Outcome::Failure(Failure::Error); 4];
+        let err: BoxError = "connection reset".into();
+        assert!(!is_local_refusal(&*err));
+        assert_eq!(verdicts(&err), failed);
+        let err: BoxError = Box::new(std::io::Error::other("broken pipe"));
+        assert_eq!(verdicts(&err), failed);
+    }
+
+    #[test]
+    fn an_arc_keeps_the_rule() {
+        let c = std::sync::Arc::new(Grpc::new());
+        let err: BoxError = Overloaded::new().into();
+        assert_eq!(
+            <std::sync::Arc<Grpc> as Classify<Response<()>>>::classify_error(&c, &*err),
+            Outcome::Ignored
+        );
     }
 }

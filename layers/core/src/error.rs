@@ -68,11 +68,20 @@ fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Er
     std::iter::successors(Some(err), |e: &&'a (dyn Error + 'static)| (*e).source()).take(MAX_DEPTH)
 }
 
-/// Writes ` (retry after 1.5s)` when a delay is known.
+/// Writes ` (retry after 2s)` or ` (retry after 976ms)` when a delay is known: rounded *up* (waiting the
+/// printed time is always enough), to whole milliseconds below a second and whole seconds from there.
 fn fmt_retry(f: &mut fmt::Formatter<'_>, retry_after: Option<Duration>) -> fmt::Result {
-    match retry_after {
-        Some(d) => write!(f, " (retry after {d:?})"),
-        None => Ok(()),
+    const NANOS_PER_MS: u128 = 1_000_000;
+    const NANOS_PER_S: u128 = 1_000_000_000;
+    let Some(d) = retry_after else {
+        return Ok(());
+    };
+    let nanos = d.as_nanos();
+    let millis = nanos.div_ceil(NANOS_PER_MS);
+    if millis < 1000 {
+        write!(f, " (retry after {millis}ms)")
+    } else {
+        write!(f, " (retry after {}s)", nanos.div_ceil(NANOS_PER_S))
     }
 }
 
@@ -718,5 +727,34 @@ mod tests {
             "request shed at degradation level degraded (retry after 5s)"
         );
         assert_eq!(ReadOnly::new().to_string(), "service is read-only");
+    }
+
+    #[test]
+    fn retry_hints_are_rounded_up_to_whole_units() {
+        let cases = [
+            (Duration::ZERO, "0ms"),
+            (Duration::from_nanos(1), "1ms"),
+            (Duration::from_micros(1500), "2ms"),
+            (Duration::from_nanos(975_695_206), "976ms"),
+            (Duration::from_millis(999), "999ms"),
+            (Duration::from_nanos(999_000_001), "1s"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(1001), "2s"),
+            (Duration::from_millis(1500), "2s"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::MAX, "18446744073709551616s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(
+                RateLimited::new(d).to_string(),
+                format!("rate limit exceeded (retry after {want})"),
+                "{d:?}"
+            );
+        }
+        assert_eq!(
+            CircuitOpen::new(Some(Duration::from_nanos(975_695_206))).to_string(),
+            "circuit open (retry after 976ms)"
+        );
+        assert_eq!(CircuitOpen::new(None).to_string(), "circuit open");
     }
 }

@@ -15,6 +15,7 @@ use palisade_core::audit::AuditEvent;
 use palisade_core::body::Collect;
 use palisade_core::classify::Classify;
 use palisade_core::error::BoxError;
+use palisade_timeout::refresh_grpc_timeout;
 use pin_project_lite::pin_project;
 use tokio::time::{sleep, Sleep};
 use tower_service::Service;
@@ -27,6 +28,13 @@ use crate::RetryBody;
 pub(crate) trait Replay<Req, R> {
     /// The request for the next attempt; `last` when no attempt will follow it. `None`: cannot replay.
     fn next(&mut self, strategy: &R, last: bool) -> Option<Req>;
+
+    /// Readies a retry's request just before it is sent (after the backoff and `poll_ready`).
+    /// `Err`: do not send it; the error is the request's outcome.
+    fn prepare(&self, req: &mut Req) -> Result<(), BoxError> {
+        let _ = req;
+        Ok(())
+    }
 
     /// Adds what identifies the request to an audit event.
     fn describe(&self, event: AuditEvent) -> AuditEvent {
@@ -47,6 +55,19 @@ impl<B> Replay<Request<RetryBody<B>>, BufferBody> for HttpReplay<B> {
         // The head is cloned even for the last attempt: the give-up record names the request.
         let body = RetryBody::replayed(self.data.clone(), self.trailers.clone());
         Some(Request::from_parts(self.parts.clone(), body))
+    }
+
+    /// The time left of a propagating timeout's [`Deadline`](palisade_timeout::Deadline) (cloned
+    /// with the extensions) becomes the retry's `grpc-timeout`; past the deadline, the retry fails as
+    /// [`Elapsed`](palisade_core::error::Elapsed) instead of being sent.
+    fn prepare(&self, req: &mut Request<RetryBody<B>>) -> Result<(), BoxError> {
+        refresh_grpc_timeout(req).map_err(|elapsed| {
+            tracing::debug!(
+                budget = ?elapsed.after,
+                "retry: the request's deadline passed before the retry; not sent"
+            );
+            elapsed.into()
+        })
     }
 
     fn describe(&self, event: AuditEvent) -> AuditEvent {
@@ -194,9 +215,12 @@ where
                     if let Err(e) = ready!(this.svc.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    let Some(req) = req.take() else {
+                    let Some(mut req) = req.take() else {
                         return Poll::Ready(Err("retry future polled after completion".into()));
                     };
+                    if let Err(e) = this.replay.prepare(&mut req) {
+                        return Poll::Ready(Err(e));
+                    }
                     *this.attempt += 1;
                     let fut = this.svc.call(req);
                     this.state.set(State::Calling { fut });

@@ -63,7 +63,8 @@
 //!   layers, and [`Elapsed`] (a per-attempt timeout inside the retry layer; see
 //!   [`retry_timeouts`](RetryBuilder::retry_timeouts) — a total timeout belongs *outside* the retry layer,
 //!   where it is never seen);
-//! - any other error the classifier calls a failure (by default, every error).
+//! - any other error the classifier calls a failure (by default, every error that is not a palisade
+//!   rejection).
 //!
 //! **Never retried:** [`CircuitOpen`] anywhere in the error's source chain (retrying would only hammer an
 //! open breaker), [`ReadOnly`], and the client's own mistakes (bad tenant key, missing or invalid
@@ -88,6 +89,20 @@
 //! [`retry_after_cap`](RetryBuilder::retry_after_cap) (default: the backoff's maximum); it never shortens
 //! it below the backoff. The jitter generator can be [seeded](RetryBuilder::seed) for tests.
 //!
+//! # Deadlines
+//!
+//! A total timeout belongs *above* the retry layer, over every attempt and backoff. When it propagates
+//! the deadline to the server ([`propagate_grpc_timeout(true)`] on a `palisade_timeout::TimeoutLayer`),
+//! it writes `grpc-timeout` once and records a [`Deadline`] request extension. Each retry replays the
+//! original request head *with its extensions*, and just before a retry is sent (after the backoff and
+//! `poll_ready`) the layer calls [`refresh_grpc_timeout`]: `grpc-timeout` becomes the time left of that
+//! deadline (never more than the header already said), so the server of attempt 3 is not promised the
+//! budget attempt 1 had. If the deadline has already passed, the retry is not sent and the request fails
+//! with [`Elapsed`] at once. Without a `Deadline` on the request, retries resend the head unchanged and
+//! nothing is read but the extension map (only on retries: the first attempt is sent as it came). With
+//! [`clone_request`](RetryBuilder::clone_request), the clone function builds each retry and may call
+//! [`refresh_grpc_timeout`] itself.
+//!
 //! # Budget
 //!
 //! A [`Budget`] (default: 20 % of requests plus 10 a second, over 10 s) bounds retries across every
@@ -111,6 +126,9 @@
 //! running out is a `warn` event and one [`retry.budget_exhausted`](BUDGET_EXHAUSTED_KIND) record per
 //! episode. [`RetryLayer::handle`] gives the counters.
 //!
+//! [`propagate_grpc_timeout(true)`]: palisade_timeout::TimeoutBuilder::propagate_grpc_timeout
+//! [`Deadline`]: palisade_timeout::Deadline
+//! [`refresh_grpc_timeout`]: palisade_timeout::refresh_grpc_timeout
 //! [`Grpc`]: palisade_core::classify::Grpc
 //! [`RateLimited`]: palisade_core::error::RateLimited
 //! [`Overloaded`]: palisade_core::error::Overloaded

@@ -18,6 +18,7 @@ use palisade_core::classify::{ErrorsOnly, HttpStatus};
 use palisade_core::error::{is, BoxError, CircuitOpen, Elapsed, Overloaded, RateLimited};
 use palisade_core::rng::SharedRng;
 use palisade_retry::{Backoff, Budget, BuildError, RetryBody, RetryLayer, GAVE_UP_KIND};
+use palisade_timeout::{Deadline, TimeoutLayer};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -32,7 +33,15 @@ struct Call {
     method: Method,
     body: Bytes,
     trailers: Option<HeaderMap>,
+    /// The `grpc-timeout` header it carried.
+    grpc_timeout: Option<String>,
+    /// The [`Tag`] extension it carried.
+    tag: Option<Tag>,
 }
+
+/// A request extension, to see that every attempt carries the original's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tag(u32);
 
 type Script = dyn Fn(usize) -> Result<Response<()>, BoxError> + Send + Sync;
 
@@ -100,6 +109,11 @@ where
                 method: parts.method,
                 body: collected.to_bytes(),
                 trailers,
+                grpc_timeout: parts
+                    .headers
+                    .get("grpc-timeout")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                tag: parts.extensions.get::<Tag>().copied(),
             });
             outcome
         })
@@ -760,4 +774,168 @@ async fn every_retry_drives_poll_ready_first() {
     // Once by `oneshot` for the first attempt, then once per retry on the future's clone.
     assert_eq!(up.readies.load(SeqCst), 3);
     assert_eq!(up.count(), 3);
+}
+
+// ---- deadlines: each retry carries the time that is left ----
+
+/// A total timeout that propagates `grpc-timeout`, as the client preset puts above the retry layer.
+fn total_timeout(budget: Duration) -> TimeoutLayer {
+    TimeoutLayer::builder()
+        .timeout(budget)
+        .propagate_grpc_timeout(true)
+        .build()
+        .unwrap()
+}
+
+fn sent_deadlines(up: &Upstream) -> Vec<Option<String>> {
+    up.calls().into_iter().map(|c| c.grpc_timeout).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_carries_the_time_left_of_the_deadline() {
+    let up = Upstream::new(|n| if n < 2 { status(503) } else { status(200) });
+    let svc =
+        total_timeout(Duration::from_secs(2)).layer(plain(3).build().unwrap().layer(up.clone()));
+    let mut req = get();
+    req.extensions_mut().insert(Tag(7));
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(up.gaps(), [ms(100), ms(200)]);
+    // 2 s, then 2 s − 100 ms, then 2 s − 300 ms.
+    assert_eq!(
+        sent_deadlines(&up),
+        [Some("2000000u"), Some("1900000u"), Some("1700000u")].map(|s| s.map(String::from))
+    );
+    // The extensions (the deadline among them) go with every attempt.
+    assert!(up.calls().iter().all(|c| c.tag == Some(Tag(7))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_buffered_request_gets_the_time_left_too() {
+    let up = Upstream::new(|n| if n == 0 { status(503) } else { status(200) });
+    let svc =
+        total_timeout(Duration::from_secs(2)).layer(plain(2).build().unwrap().layer(up.clone()));
+    let res = svc.oneshot(post(Some("key-1"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        sent_deadlines(&up),
+        [Some("2000000u"), Some("1900000u")].map(|s| s.map(String::from))
+    );
+    let calls = up.calls();
+    assert_eq!(
+        calls[0].body, calls[1].body,
+        "the body is replayed as before"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shorter_header_from_the_caller_is_never_raised() {
+    let up = Upstream::new(|n| if n == 0 { status(503) } else { status(200) });
+    let svc =
+        total_timeout(Duration::from_secs(2)).layer(plain(2).build().unwrap().layer(up.clone()));
+    let mut req = get();
+    req.headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("500m"));
+    svc.oneshot(req).await.unwrap();
+    // The total timeout kept the caller's 500 ms as its budget and deadline; 100 ms later the retry
+    // sends the 400 ms that are left.
+    assert_eq!(
+        sent_deadlines(&up),
+        [Some("500000u"), Some("400000u")].map(|s| s.map(String::from))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_past_the_deadline_fails_as_elapsed_without_being_sent() {
+    // The deadline is on the request (as a propagating timeout further out would put it), but no timer
+    // here fires first: the retry layer itself must not send the attempt.
+    let up = Upstream::new(|_| status(503));
+    let layer = plain(3).build().unwrap();
+    let handle = layer.handle();
+    let mut req = get();
+    req.headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("50m"));
+    req.extensions_mut()
+        .insert(Deadline::from_now(Instant::now(), ms(50)).unwrap());
+    let start = Instant::now();
+    let err = layer.layer(up.clone()).oneshot(req).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Elapsed>(), Some(&Elapsed::new(ms(50))));
+    assert_eq!(start.elapsed(), ms(100), "after the backoff, not before");
+    assert_eq!(up.count(), 1, "the retry was never sent");
+    assert_eq!(handle.retries(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_deadline_retries_resend_the_header_unchanged() {
+    // No propagating timeout above: the caller's own header is all there is, and it is left alone.
+    let up = Upstream::new(|n| if n == 0 { status(503) } else { status(200) });
+    let mut req = get();
+    req.headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("2S"));
+    plain(2)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(
+        sent_deadlines(&up),
+        [Some("2S"), Some("2S")].map(|s| s.map(String::from))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_total_timeout_still_bounds_every_attempt_and_backoff() {
+    // Attempts at 0, 100, 300, 700 ms; the fourth would start at 1.5 s, past the 1 s budget.
+    let up = Upstream::new(|_| status(503));
+    let svc =
+        total_timeout(Duration::from_secs(1)).layer(plain(5).build().unwrap().layer(up.clone()));
+    let start = Instant::now();
+    let err = svc.oneshot(get()).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Elapsed>(),
+        Some(&Elapsed::new(Duration::from_secs(1)))
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(
+        sent_deadlines(&up),
+        [
+            Some("1000000u"),
+            Some("900000u"),
+            Some("700000u"),
+            Some("300000u")
+        ]
+        .map(|s| s.map(String::from))
+    );
+}
+
+// ---- local refusals: the classifier ignores them, the retry layer still decides by its own rules ----
+
+#[tokio::test(start_paused = true)]
+async fn a_local_refusal_is_ignored_by_the_classifier_yet_retried() {
+    use palisade_core::classify::{Classify, Grpc, Outcome};
+    let refusal: BoxError = Overloaded::new().into();
+    // Neither success nor failure for a breaker: the backend was never asked.
+    assert_eq!(
+        <Grpc as Classify<Response<()>>>::classify_error(&Grpc::new(), &*refusal),
+        Outcome::Ignored
+    );
+    // The retry layer's own rule for `Overloaded` comes first: a full local bulkhead is retried.
+    let up = Upstream::new(|n| {
+        if n == 0 {
+            Err(Overloaded::new().into())
+        } else {
+            status(200)
+        }
+    });
+    let res = plain(2)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(up.count(), 2);
 }

@@ -13,7 +13,8 @@
 //!   the caller's `grpc-timeout` and [`header(..)`](TimeoutBuilder::header) a millisecond header such as
 //!   `x-request-timeout`; the budget is the smaller of those and the local one. Client side,
 //!   [`propagate_grpc_timeout(true)`](TimeoutBuilder::propagate_grpc_timeout) writes the effective budget
-//!   as `grpc-timeout` on the requests it forwards. Malformed headers are ignored (the local budget
+//!   as `grpc-timeout` on the requests it forwards, and records a [`Deadline`] so that retries below it
+//!   send the time that is left (see [below](#retries-get-the-time-that-is-left)). Malformed headers are ignored (the local budget
 //!   applies); parsing never panics or overflows (see [`headers`]).
 //! - **Cancellation.** Dropping the response future drops the inner future and the timer.
 //!
@@ -136,6 +137,26 @@
 //! # }
 //! ```
 //!
+//! ## Retries get the time that is left
+//!
+//! A propagating layer writes `grpc-timeout` once, as the request passes it. When it sits above a retry
+//! layer (total timeout → retry → per-try timeout → channel), every retry would resend that header and
+//! tell the server the full budget although part of it is gone. So a propagating layer also records its
+//! deadline in the request as a [`Deadline`] extension (keeping an earlier one already there, and
+//! capping its budget by it). Request extensions are cloned with each replayed request, and before each
+//! retry the retry layer calls [`refresh_grpc_timeout`], which lowers `grpc-timeout` to the time left —
+//! never raising it — or, once the deadline has passed, fails the attempt with [`Elapsed`] instead of
+//! sending a `grpc-timeout` of zero. A propagating timeout *below* the retry layer (a per-try timeout)
+//! also honours the `Deadline`, so it never grants more than the total budget has left.
+//!
+//! The cost is paid only with propagation on: one clock read and one extension lookup and insert per
+//! request in the propagating layer, and one lookup, clock read and header rewrite per retry. A layer
+//! without propagation never touches extensions or the clock on the fast path.
+//!
+//! The deadline is measured from `call` (the clock is read there anyway), while this layer's own timer
+//! starts at the first poll (see [above](#when-the-clock-starts)); the two differ by the first poll's
+//! duration, and the header is never later than the timer.
+//!
 //! # Observability
 //!
 //! A timeout is logged with `tracing` at `debug` level, nothing per successful request. This crate
@@ -146,11 +167,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod deadline;
 mod future;
 pub mod headers;
 mod layer;
 mod service;
 
+pub use deadline::{refresh_grpc_timeout, Deadline};
 pub use future::ResponseFuture;
 pub use layer::{
     BuildError, NoOverride, OverrideTimeout, TimeoutBuilder, TimeoutLayer, TimeoutOverride,

@@ -8,8 +8,8 @@ use http::Request;
 use palisade_core::error::BoxError;
 use tower_service::Service;
 
+use crate::deadline::propagate;
 use crate::future::ResponseFuture;
-use crate::headers::{encode_grpc_timeout, GRPC_TIMEOUT};
 use crate::layer::{Config, NoOverride, OverrideTimeout};
 
 /// A service that fails requests with [`Elapsed`](palisade_core::error::Elapsed) when the inner service
@@ -84,15 +84,16 @@ where
     #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = &*self.config;
-        let budget = config.budget(&req);
-        if budget.is_zero() {
-            // The deadline passed before the call (`grpc-timeout: 0m`, a zero override): starting work
-            // nobody waits for would only add load.
-            return ResponseFuture::expired();
+        let mut budget = config.budget(&req);
+        if config.propagate_grpc && !budget.is_zero() {
+            // The only extension work and clock read of this layer, and only when propagating: cap by a
+            // deadline already on the request, record ours, write `grpc-timeout`.
+            budget = propagate(&mut req, budget);
         }
-        if config.propagate_grpc {
-            req.headers_mut()
-                .insert(GRPC_TIMEOUT, encode_grpc_timeout(budget));
+        if budget.is_zero() {
+            // The deadline passed before the call (`grpc-timeout: 0m`, a zero override, an outer
+            // deadline already gone): starting work nobody waits for would only add load.
+            return ResponseFuture::expired();
         }
         ResponseFuture::new(self.inner.call(req), budget)
     }

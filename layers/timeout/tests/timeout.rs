@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response};
 use palisade_core::error::{BoxError, Elapsed};
 use palisade_core::grpc::GrpcCode;
 use palisade_core::Rejection;
-use palisade_timeout::{BuildError, TimeoutLayer, TimeoutOverride};
+use palisade_timeout::{BuildError, Deadline, TimeoutLayer, TimeoutOverride};
 use tokio::time::{advance, sleep, Instant};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -513,6 +513,151 @@ async fn client_deadline_is_enforced_locally_too() {
     .await;
     assert_elapsed(&res.unwrap_err(), Duration::from_millis(75));
     assert_eq!(took, Duration::from_millis(75));
+}
+
+// ---- the deadline extension ----
+
+/// What a service below a propagating layer received: `grpc-timeout` and the `Deadline` extension.
+type Seen = Arc<Mutex<Vec<(Option<HeaderValue>, Option<Deadline>)>>>;
+
+fn recording_deadline(
+    seen: Seen,
+    delay: Duration,
+) -> impl Service<Request<()>, Response = Res, Error = BoxError> + Clone {
+    service_fn(move |req: Request<()>| {
+        seen.lock().unwrap().push((
+            req.headers().get("grpc-timeout").cloned(),
+            req.extensions().get::<Deadline>().copied(),
+        ));
+        async move {
+            sleep(delay).await;
+            Ok::<_, BoxError>(Response::new(()))
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_propagating_layer_records_its_deadline() {
+    let seen = Seen::default();
+    let start = Instant::now();
+    client_layer(Duration::from_millis(1500))
+        .layer(recording_deadline(seen.clone(), Duration::ZERO))
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    let (header, deadline) = seen.lock().unwrap()[0].clone();
+    assert_eq!(header.unwrap(), "1500000u");
+    assert_eq!(
+        deadline,
+        Some(Deadline::new(
+            start + Duration::from_millis(1500),
+            Duration::from_millis(1500)
+        ))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_that_does_not_propagate_records_nothing() {
+    let seen = Seen::default();
+    for layer in [layer(), grpc_server_layer()] {
+        layer
+            .layer(recording_deadline(seen.clone(), Duration::ZERO))
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+    }
+    assert!(seen.lock().unwrap().iter().all(|s| *s == (None, None)));
+}
+
+/// Sleeps `pause`, then forwards the request: time spent between an outer and an inner layer (a
+/// backoff, a queue).
+fn pausing<S>(
+    pause: Duration,
+    inner: S,
+) -> impl Service<Request<()>, Response = Res, Error = BoxError> + Clone
+where
+    S: Service<Request<()>, Response = Res, Error = BoxError> + Clone,
+{
+    service_fn(move |req: Request<()>| {
+        let mut inner = inner.clone();
+        async move {
+            sleep(pause).await;
+            inner.ready().await?.call(req).await
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_propagating_layer_never_grants_more_than_the_outer_deadline_has_left() {
+    let seen = Seen::default();
+    let start = Instant::now();
+    // total 2 s → 1.9 s pass → per-try 500 ms → a service that never answers in time.
+    let svc = client_layer(Duration::from_secs(2)).layer(pausing(
+        Duration::from_millis(1900),
+        client_layer(Duration::from_millis(500))
+            .layer(recording_deadline(seen.clone(), Duration::from_secs(10))),
+    ));
+    let err = svc.oneshot(Request::new(())).await.unwrap_err();
+    // The per-try layer timed out when the outer deadline did, with the 100 ms that were left.
+    assert_elapsed(&err, Duration::from_millis(100));
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    let (header, deadline) = seen.lock().unwrap()[0].clone();
+    assert_eq!(header.unwrap(), "100000u");
+    assert_eq!(
+        deadline.unwrap().instant(),
+        start + Duration::from_secs(2),
+        "the earlier, outer deadline is kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_propagating_layer_records_its_own_earlier_deadline() {
+    let seen = Seen::default();
+    let start = Instant::now();
+    let svc = client_layer(Duration::from_secs(2)).layer(pausing(
+        Duration::from_millis(300),
+        client_layer(Duration::from_millis(500))
+            .layer(recording_deadline(seen.clone(), Duration::ZERO)),
+    ));
+    svc.oneshot(Request::new(())).await.unwrap();
+    let (header, deadline) = seen.lock().unwrap()[0].clone();
+    assert_eq!(header.unwrap(), "500000u");
+    assert_eq!(
+        deadline,
+        Some(Deadline::new(
+            start + Duration::from_millis(800),
+            Duration::from_millis(500)
+        ))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_already_passed_fails_an_inner_propagating_layer_at_once() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let outer = Deadline::from_now(Instant::now(), Duration::from_millis(50)).unwrap();
+    advance(Duration::from_millis(60)).await;
+    let mut req = Request::new(());
+    req.extensions_mut().insert(outer);
+    let (took, res) = timed(
+        client_layer(DEFAULT).layer(counting_pending(calls.clone())),
+        req,
+    )
+    .await;
+    assert_elapsed(&res.unwrap_err(), Duration::ZERO);
+    assert_eq!(took, Duration::ZERO);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_that_does_not_propagate_ignores_the_deadline() {
+    // Only propagating layers read the extension: a plain timeout keeps its own budget.
+    let outer = Deadline::from_now(Instant::now(), Duration::from_millis(50)).unwrap();
+    advance(Duration::from_millis(60)).await;
+    let mut req = Request::new(());
+    req.extensions_mut().insert(outer);
+    let (took, res) = timed(layer().layer(slow(Some(Duration::from_millis(200)))), req).await;
+    assert!(res.is_ok());
+    assert_eq!(took, Duration::from_millis(200));
 }
 
 // ---- cancellation ----
