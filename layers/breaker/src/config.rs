@@ -9,7 +9,7 @@ use palisade_core::classify::Grpc;
 use palisade_core::health::{ComponentKind, Health};
 use palisade_core::rng::SharedRng;
 
-use crate::machine::Thresholds;
+use crate::machine::{Limits, TripCell};
 use crate::shared::{Circuit, Common, Keyed};
 use crate::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
 
@@ -17,6 +17,124 @@ pub use palisade_core::config::BuildError;
 
 /// The layer name in this crate's [`BuildError`]s.
 pub(crate) const LAYER: &str = "circuit breaker";
+
+/// The windows a breaker judges rates over: the last N calls, the last N seconds (either or both).
+pub(crate) type Windows = (Option<u32>, Option<u32>);
+
+/// When a closed circuit trips: the thresholds set by the [`Builder`] and changeable while the breaker
+/// runs with [`BreakerHandle::set_thresholds`](crate::BreakerHandle::set_thresholds).
+///
+/// The strategies combine: the circuit opens when any one that is on is reached. At least one must be
+/// on.
+///
+/// ```
+/// use palisade_breaker::{CircuitBreakerLayer, Thresholds};
+///
+/// let breaker = CircuitBreakerLayer::builder().build().expect("valid config");
+/// let handle = breaker.handle();
+/// // A config reload: trip on 5 failures in a row as well, and only at a 60 % failure rate.
+/// handle
+///     .set_thresholds(Thresholds {
+///         consecutive_failures: 5,
+///         failure_rate: Some(0.6),
+///         ..handle.thresholds()
+///     })
+///     .expect("valid thresholds");
+/// assert_eq!(handle.thresholds().failure_rate, Some(0.6));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Trip after this many failures in a row (0 = off); as
+    /// [`Builder::consecutive_failures`].
+    pub consecutive_failures: u32,
+    /// Trip when the failure rate in a window reaches this, in (0, 1] (`None` = off); as
+    /// [`Builder::failure_rate`] / [`Builder::no_failure_rate`].
+    pub failure_rate: Option<f64>,
+    /// Count calls taking at least the duration (above zero) as slow, and trip when the slow-call rate
+    /// in a window reaches the rate, in (0, 1] (`None` = off); as [`Builder::slow_call_rate`]. A
+    /// threshold beyond `u64::MAX` nanoseconds (584 years) is kept as that.
+    pub slow_call_rate: Option<(Duration, f64)>,
+    /// Judge the rates only once a window holds at least this many calls; as
+    /// [`Builder::minimum_calls`]. When a rate is on: at least 1, and no more than the count window
+    /// if that is the only window (or the rate could never be judged).
+    pub minimum_calls: u32,
+}
+
+impl Thresholds {
+    /// Checks these thresholds for a breaker with `windows`: the rules of [`Builder::build`] and of
+    /// [`set_thresholds`](crate::BreakerHandle::set_thresholds), kept in this one place.
+    pub(crate) fn validate(&self, windows: Windows) -> Result<(), BuildError> {
+        let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
+        if let Some(r) = self.failure_rate {
+            if !rate_ok(r) {
+                return Err(BuildError::new(
+                    LAYER,
+                    "failure_rate",
+                    format!("{r} is not in (0, 1]"),
+                ));
+            }
+        }
+        if let Some((threshold, r)) = self.slow_call_rate {
+            if !rate_ok(r) {
+                return Err(BuildError::new(
+                    LAYER,
+                    "slow_call_rate",
+                    format!("rate {r} is not in (0, 1]"),
+                ));
+            }
+            if threshold.is_zero() {
+                return Err(BuildError::new(
+                    LAYER,
+                    "slow_call_rate",
+                    "the slow-call threshold must be above zero",
+                ));
+            }
+        }
+        let rate_on = self.failure_rate.is_some() || self.slow_call_rate.is_some();
+        if self.consecutive_failures == 0 && !rate_on {
+            return Err(BuildError::new(
+                LAYER,
+                "consecutive_failures",
+                "no trip strategy: set consecutive_failures, failure_rate or slow_call_rate",
+            ));
+        }
+        if rate_on {
+            if self.minimum_calls == 0 {
+                return Err(BuildError::new(
+                    LAYER,
+                    "minimum_calls",
+                    "must be at least 1 when a failure or slow-call rate is on",
+                ));
+            }
+            match windows {
+                (None, None) => {
+                    return Err(BuildError::new(
+                        LAYER,
+                        if self.failure_rate.is_some() {
+                            "failure_rate"
+                        } else {
+                            "slow_call_rate"
+                        },
+                        "this breaker has no window to judge a rate over: build it with a rate, \
+                         window_calls or window_time to turn rates on at run time",
+                    ))
+                }
+                (Some(calls), None) if self.minimum_calls > calls => {
+                    return Err(BuildError::new(
+                        LAYER,
+                        "minimum_calls",
+                        format!(
+                            "{} is more than the window of {calls} calls: the rate would never be judged",
+                            self.minimum_calls
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Builds a [`CircuitBreakerLayer`] (or, with [`keyed`](Builder::keyed), a keyed one).
 ///
@@ -151,7 +269,8 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Rates are judged only once a window holds at least `n` calls.
+    /// Rates are judged only once a window holds at least `n` calls. With a rate on, `build()`
+    /// refuses 0, and more than [`window_calls`](Self::window_calls) when there is no time window.
     pub fn minimum_calls(mut self, n: u32) -> Self {
         self.minimum_calls = n;
         self
@@ -219,40 +338,17 @@ impl<C> Builder<C> {
         self
     }
 
-    fn thresholds(&self) -> Result<Thresholds, BuildError> {
-        let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
-        if let Some(r) = self.failure_rate {
-            if !rate_ok(r) {
-                return Err(BuildError::new(
-                    LAYER,
-                    "failure_rate",
-                    format!("{r} is not in (0, 1]"),
-                ));
-            }
+    /// The trip thresholds as set.
+    fn trip(&self) -> Thresholds {
+        Thresholds {
+            consecutive_failures: self.consecutive_failures,
+            failure_rate: self.failure_rate,
+            slow_call_rate: self.slow,
+            minimum_calls: self.minimum_calls,
         }
-        if let Some((threshold, r)) = self.slow {
-            if !rate_ok(r) {
-                return Err(BuildError::new(
-                    LAYER,
-                    "slow_call_rate",
-                    format!("rate {r} is not in (0, 1]"),
-                ));
-            }
-            if threshold.is_zero() {
-                return Err(BuildError::new(
-                    LAYER,
-                    "slow_call_rate",
-                    "the slow-call threshold must be above zero",
-                ));
-            }
-        }
-        if self.consecutive_failures == 0 && self.failure_rate.is_none() && self.slow.is_none() {
-            return Err(BuildError::new(
-                LAYER,
-                "consecutive_failures",
-                "no trip strategy: set consecutive_failures, failure_rate or slow_call_rate",
-            ));
-        }
+    }
+
+    fn limits(&self) -> Result<Limits, BuildError> {
         if self.window_calls == Some(0) {
             return Err(BuildError::new(
                 LAYER,
@@ -305,11 +401,10 @@ impl<C> Builder<C> {
                 "must be above zero",
             ));
         }
-        Ok(Thresholds {
-            consecutive_failures: self.consecutive_failures,
-            failure_rate: self.failure_rate,
-            slow_call_rate: self.slow.map(|(_, r)| r),
-            minimum_calls: self.minimum_calls.max(1),
+        let trip = self.trip();
+        trip.validate(self.windows())?;
+        Ok(Limits {
+            trip: TripCell::new(trip),
             probes: self.probes,
             successes_to_close: successes,
             wait_base: nanos(self.wait_base),
@@ -319,7 +414,7 @@ impl<C> Builder<C> {
     }
 
     /// The windows the rates are judged over: the ones set, or the last 100 calls if a rate needs one.
-    fn windows(&self) -> (Option<u32>, Option<u32>) {
+    fn windows(&self) -> Windows {
         let needs = self.failure_rate.is_some() || self.slow.is_some();
         let time = self.window_time.map(|w| w.as_secs() as u32);
         let calls = match (self.window_calls, time) {
@@ -331,7 +426,7 @@ impl<C> Builder<C> {
     }
 
     fn common(self, keyed: bool) -> Result<Arc<Common<C>>, BuildError> {
-        let thresholds = self.thresholds()?;
+        let limits = self.limits()?;
         let windows = self.windows();
         if keyed && self.max_keys == 0 {
             return Err(BuildError::new(LAYER, "max_keys", "must be at least 1"));
@@ -343,9 +438,8 @@ impl<C> Builder<C> {
         Ok(Arc::new(Common::new(
             self.name,
             self.classifier,
-            thresholds,
+            limits,
             windows,
-            self.slow.map(|(d, _)| d),
             self.jitter,
             component,
             self.audit,

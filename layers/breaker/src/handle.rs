@@ -5,6 +5,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{BuildError, Thresholds};
 use crate::machine;
 use crate::shared::{mode_name, state_name, Circuit, Keyed};
 
@@ -60,6 +61,8 @@ trait Control: Send + Sync {
     fn force(&self, state: u64, mode: u64, why: &'static str);
     fn clear_rejected(&self);
     fn name(&self) -> String;
+    fn thresholds(&self) -> Thresholds;
+    fn set_thresholds(&self, t: Thresholds) -> Result<(), BuildError>;
 }
 
 impl<C: Send + Sync> Control for Circuit<C> {
@@ -107,6 +110,14 @@ impl<C: Send + Sync> Control for Circuit<C> {
 
     fn name(&self) -> String {
         self.common.name.to_string()
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        self.common.thresholds()
+    }
+
+    fn set_thresholds(&self, t: Thresholds) -> Result<(), BuildError> {
+        self.common.set_thresholds(t)
     }
 }
 
@@ -170,6 +181,30 @@ impl BreakerHandle {
             .force(machine::CLOSED, machine::NORMAL, "reset");
     }
 
+    /// The thresholds the circuit trips by now.
+    pub fn thresholds(&self) -> Thresholds {
+        self.circuit.thresholds()
+    }
+
+    /// Changes when the circuit trips, while it runs (a config reload). `t` is checked by the
+    /// [`Builder`](crate::Builder)'s rules and refused with its [`BuildError`], changing nothing; in
+    /// addition, a rate can be turned on only if the breaker was built with a window (it was built with
+    /// a rate, [`window_calls`](crate::Builder::window_calls) or
+    /// [`window_time`](crate::Builder::window_time)).
+    ///
+    /// The state, the windows and the counts are kept: the next failure or slow call is judged by the
+    /// new thresholds (lowering them does not open the circuit by itself; the next failure does). A call
+    /// already in flight is judged slow by the threshold in force when it ends, if slow calls were
+    /// tracked when it began. The change goes to the audit log (`breaker.reconfigured`, old and new
+    /// values) and to `tracing`; setting the thresholds in force is a no-op.
+    ///
+    /// For a circuit of a keyed breaker (from [`KeyedBreakerHandle`]), this changes the thresholds of
+    /// every circuit of that breaker: they share one configuration, as
+    /// [`KeyedBreakerHandle::set_thresholds`] does.
+    pub fn set_thresholds(&self, t: Thresholds) -> Result<(), BuildError> {
+        self.circuit.set_thresholds(t)
+    }
+
     /// Let every call pass, still counting outcomes, with no transitions.
     pub fn disable(&self) {
         self.circuit
@@ -203,6 +238,8 @@ trait KeyedControl: Send + Sync {
     fn default(&self) -> BreakerHandle;
     fn overflow(&self) -> BreakerHandle;
     fn all(&self) -> Vec<BreakerHandle>;
+    fn thresholds(&self) -> Thresholds;
+    fn set_thresholds(&self, t: Thresholds) -> Result<(), BuildError>;
 }
 
 /// Object-safe hashing of a key of any type.
@@ -255,6 +292,14 @@ impl<C: Send + Sync + 'static, K: Send + Sync> KeyedControl for Keyed<C, K> {
         let mut v = Vec::new();
         self.for_each(|c| v.push(BreakerHandle::new(c.clone())));
         v
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        self.common.thresholds()
+    }
+
+    fn set_thresholds(&self, t: Thresholds) -> Result<(), BuildError> {
+        self.common.set_thresholds(t)
     }
 }
 
@@ -310,6 +355,19 @@ impl KeyedBreakerHandle {
     /// Every circuit (tracked keys, then default and overflow).
     pub fn circuits(&self) -> Vec<BreakerHandle> {
         self.keyed.all()
+    }
+
+    /// The thresholds every circuit trips by now.
+    pub fn thresholds(&self) -> Thresholds {
+        self.keyed.thresholds()
+    }
+
+    /// Changes when circuits trip, for every circuit: the keys tracked now, keys seen later, and the
+    /// default and overflow circuits (they all read one shared configuration, so the change is one
+    /// write, whatever the number of keys). Validation, what is kept and what is recorded are as for
+    /// [`BreakerHandle::set_thresholds`].
+    pub fn set_thresholds(&self, t: Thresholds) -> Result<(), BuildError> {
+        self.keyed.set_thresholds(t)
     }
 }
 

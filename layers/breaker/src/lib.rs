@@ -16,6 +16,9 @@
 //!   call, a dropped body) count for nothing and give a probe slot back.
 //! - **Waits grow**: the wait in Open doubles with each consecutive trip (2 s → 60 s by default) plus
 //!   jitter; HalfOpen that never settles (probes that hang) opens again after a maximum wait.
+//! - **Live thresholds**: [`BreakerHandle::set_thresholds`] changes the trip [`Thresholds`] while the
+//!   breaker runs (a config reload), with the builder's validation; the state and the windows are
+//!   kept. A keyed breaker's [`KeyedBreakerHandle::set_thresholds`] changes them for every key.
 //! - **Keyed mode**: one circuit per key (downstream host, tenant) with a bound on keys and idle eviction.
 //! - **Health and audit**: a readiness component `breaker.<name>`, degraded while open; every transition
 //!   goes to the audit log with the numbers that caused it.
@@ -60,7 +63,7 @@ mod machine;
 mod service;
 mod shared;
 
-pub use config::{BuildError, Builder};
+pub use config::{BuildError, Builder, Thresholds};
 pub use handle::{BreakerHandle, CircuitState, Counts, KeyedBreakerHandle, Mode};
 pub use palisade_core::error::CircuitOpen;
 pub use service::{
@@ -71,7 +74,11 @@ pub use service::{
 /// Atomics: std's, or loom's when model-checking (`--cfg palisade_loom`).
 mod sync {
     #[cfg(palisade_loom)]
-    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+    pub(crate) use loom::hint::spin_loop;
+    #[cfg(palisade_loom)]
+    pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
     #[cfg(not(palisade_loom))]
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+    pub(crate) use std::hint::spin_loop;
+    #[cfg(not(palisade_loom))]
+    pub(crate) use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 }

@@ -20,7 +20,11 @@
 //! keeps it free of clocks: the service reads `tokio::time::Instant` only where a state needs it, and
 //! the loom tests drive it with plain numbers.
 
-use crate::sync::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::Thresholds;
+use crate::sync::{fence, spin_loop, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 pub(crate) const CLOSED: u64 = 0;
 pub(crate) const OPEN: u64 = 1;
@@ -124,12 +128,15 @@ pub(crate) enum Reason {
     FailureRate {
         window: WindowKind,
         rate: f64,
+        /// The threshold it reached (the one in force when it was judged).
+        threshold: f64,
         calls: u32,
         failures: u32,
     },
     SlowCallRate {
         window: WindowKind,
         rate: f64,
+        threshold: f64,
         calls: u32,
         slow: u32,
     },
@@ -180,17 +187,12 @@ impl Recorded {
     }
 }
 
-/// Thresholds, fixed at build time.
-#[derive(Debug, Clone)]
-pub(crate) struct Thresholds {
-    /// Trip after this many consecutive failures (0 = off).
-    pub(crate) consecutive_failures: u32,
-    /// Trip when the failure rate in a window reaches this (None = off).
-    pub(crate) failure_rate: Option<f64>,
-    /// Trip when the slow-call rate in a window reaches this (None = off).
-    pub(crate) slow_call_rate: Option<f64>,
-    /// Rates are judged only over at least this many calls.
-    pub(crate) minimum_calls: u32,
+/// Everything the machine judges by: the trip thresholds (changeable at run time) and the rest of the
+/// configuration, fixed at build time.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// When Closed trips to Open; read only when a failure or slow call is recorded.
+    pub(crate) trip: TripCell,
     /// Probe slots in HalfOpen.
     pub(crate) probes: u32,
     /// Probe successes that close the circuit.
@@ -202,7 +204,7 @@ pub(crate) struct Thresholds {
     pub(crate) half_open_max_wait: u64,
 }
 
-impl Thresholds {
+impl Limits {
     /// The wait before the `trips`-th consecutive trip's first probe (1-based), before jitter.
     pub(crate) fn wait(&self, trips: u32) -> u64 {
         let doublings = trips.saturating_sub(1).min(63);
@@ -210,6 +212,113 @@ impl Thresholds {
             .saturating_mul(1u64 << doublings)
             .min(self.wait_max)
     }
+}
+
+/// The trip thresholds, readable without a lock and replaceable while calls run: a sequence lock over
+/// atomic fields.
+///
+/// A reader ([`load`](Self::load)) gets one consistent [`Thresholds`] value, never a mix of an old and a
+/// new one: it reads the fields between two reads of `seq` and retries if a writer was active (odd
+/// `seq`) or finished in between (`seq` moved). Writers are rare (a config reload) and must be
+/// serialized by the caller. The data path reads only the slow-call threshold, on its own, with one
+/// relaxed load ([`slow_threshold`](Self::slow_threshold)); the rest is read only when an outcome is a
+/// failure or a slow call, never for a success.
+pub(crate) struct TripCell {
+    seq: AtomicU32,
+    consecutive_failures: AtomicU32,
+    minimum_calls: AtomicU32,
+    /// `f64` bits; 0 (= 0.0, never a valid rate) is off.
+    failure_rate: AtomicU64,
+    /// `f64` bits; 0 is off.
+    slow_call_rate: AtomicU64,
+    /// Nanoseconds; 0 (never a valid threshold) is off. Zero whenever `slow_call_rate` is.
+    slow_threshold: AtomicU64,
+}
+
+impl TripCell {
+    pub(crate) fn new(t: Thresholds) -> Self {
+        let cell = TripCell {
+            seq: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            minimum_calls: AtomicU32::new(0),
+            failure_rate: AtomicU64::new(0),
+            slow_call_rate: AtomicU64::new(0),
+            slow_threshold: AtomicU64::new(0),
+        };
+        cell.store(t);
+        cell
+    }
+
+    /// The current thresholds, as one consistent value.
+    pub(crate) fn load(&self) -> Thresholds {
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let t = self.read_fields();
+                // Orders the field reads before the second read of `seq`: if any of them saw a value
+                // a writer stored after its release fence, this read sees that writer's odd `seq`.
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == before {
+                    return t;
+                }
+            }
+            spin_loop();
+        }
+    }
+
+    fn read_fields(&self) -> Thresholds {
+        let rate = |a: &AtomicU64| match a.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(f64::from_bits(bits)),
+        };
+        let slow_ns = self.slow_threshold.load(Ordering::Relaxed);
+        Thresholds {
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            failure_rate: rate(&self.failure_rate),
+            slow_call_rate: rate(&self.slow_call_rate)
+                .filter(|_| slow_ns != 0)
+                .map(|r| (Duration::from_nanos(slow_ns), r)),
+            minimum_calls: self.minimum_calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Replaces the thresholds. Callers serialize writers (two concurrent writers could interleave
+    /// their fields).
+    pub(crate) fn store(&self, t: Thresholds) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        // The odd `seq` is ordered before every field store below (pairs with the reader's fence).
+        fence(Ordering::Release);
+        let (slow_ns, slow_rate) = match t.slow_call_rate {
+            Some((threshold, rate)) => (nanos(threshold).max(1), rate.to_bits()),
+            None => (0, 0),
+        };
+        self.consecutive_failures
+            .store(t.consecutive_failures, Ordering::Relaxed);
+        self.minimum_calls.store(t.minimum_calls, Ordering::Relaxed);
+        self.failure_rate
+            .store(t.failure_rate.map_or(0, f64::to_bits), Ordering::Relaxed);
+        self.slow_call_rate.store(slow_rate, Ordering::Relaxed);
+        self.slow_threshold.store(slow_ns, Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The slow-call threshold in nanoseconds (0 = slow calls are not tracked): one relaxed load, for
+    /// the data path. Around a change a call may be judged by the old or the new threshold.
+    #[inline]
+    pub(crate) fn slow_threshold(&self) -> u64 {
+        self.slow_threshold.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for TripCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.load(), f)
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One breaker's state.
@@ -272,7 +381,7 @@ impl Machine {
     /// only when this call re-opens the circuit. Returns the transitions this call caused.
     pub(crate) fn admit(
         &self,
-        t: &Thresholds,
+        t: &Limits,
         now: &mut impl FnMut() -> u64,
         jitter: &mut impl FnMut(u64) -> u64,
         transitions: &mut Vec<Transition>,
@@ -374,7 +483,7 @@ impl Machine {
     fn reopen(
         &self,
         w: u64,
-        t: &Thresholds,
+        t: &Limits,
         now: u64,
         jitter: &mut impl FnMut(u64) -> u64,
         reason: Reason,
@@ -406,7 +515,7 @@ impl Machine {
     /// time window or a transition needs it.
     pub(crate) fn record(
         &self,
-        t: &Thresholds,
+        t: &Limits,
         role: Role,
         gen: u32,
         outcome: Recorded,
@@ -422,7 +531,7 @@ impl Machine {
 
     fn record_normal(
         &self,
-        t: &Thresholds,
+        t: &Limits,
         gen: u32,
         outcome: Recorded,
         now: &mut impl FnMut() -> u64,
@@ -452,8 +561,12 @@ impl Machine {
         self.reopen(w, t, now(), jitter, reason)
     }
 
-    /// Whether the windows say the circuit must open.
-    fn should_trip(&self, t: &Thresholds, now: &mut impl FnMut() -> u64) -> Option<Reason> {
+    /// Whether the windows say the circuit must open. Only after a failure or a slow call: kept out of
+    /// line, so the success path stays small.
+    #[cold]
+    #[inline(never)]
+    fn should_trip(&self, limits: &Limits, now: &mut impl FnMut() -> u64) -> Option<Reason> {
+        let t = limits.trip.load();
         let consecutive = self.consecutive.load(Ordering::Relaxed);
         if t.consecutive_failures > 0 && consecutive >= t.consecutive_failures {
             return Some(Reason::ConsecutiveFailures {
@@ -471,17 +584,19 @@ impl Machine {
                     return Some(Reason::FailureRate {
                         window,
                         rate,
+                        threshold: limit,
                         calls: s.calls,
                         failures: s.failures,
                     });
                 }
             }
-            if let Some(limit) = t.slow_call_rate {
+            if let Some((_, limit)) = t.slow_call_rate {
                 let rate = f64::from(s.slow) / calls;
                 if rate >= limit {
                     return Some(Reason::SlowCallRate {
                         window,
                         rate,
+                        threshold: limit,
                         calls: s.calls,
                         slow: s.slow,
                     });
@@ -505,7 +620,7 @@ impl Machine {
 
     fn record_probe(
         &self,
-        t: &Thresholds,
+        t: &Limits,
         gen: u32,
         outcome: Recorded,
         now: &mut impl FnMut() -> u64,
@@ -782,13 +897,17 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    fn thresholds() -> Thresholds {
-        Thresholds {
-            consecutive_failures: 3,
-            failure_rate: None,
-            slow_call_rate: None,
-            minimum_calls: 1,
-            probes: 2,
+    const TRIP: Thresholds = Thresholds {
+        consecutive_failures: 3,
+        failure_rate: None,
+        slow_call_rate: None,
+        minimum_calls: 1,
+    };
+
+    fn limits(trip: Thresholds, probes: u32) -> Limits {
+        Limits {
+            trip: TripCell::new(trip),
+            probes,
             successes_to_close: 2,
             wait_base: 2 * S,
             wait_max: 60 * S,
@@ -796,7 +915,11 @@ mod tests {
         }
     }
 
-    fn admit(m: &Machine, t: &Thresholds, now: u64) -> (Admission, Vec<Transition>) {
+    fn thresholds() -> Limits {
+        limits(TRIP, 2)
+    }
+
+    fn admit(m: &Machine, t: &Limits, now: u64) -> (Admission, Vec<Transition>) {
         let mut tr = Vec::new();
         let a = m.admit(t, &mut || now, &mut |_| 0, &mut tr);
         (a, tr)
@@ -804,7 +927,7 @@ mod tests {
 
     fn record(
         m: &Machine,
-        t: &Thresholds,
+        t: &Limits,
         role: Role,
         gen: u32,
         o: Recorded,
@@ -943,10 +1066,7 @@ mod tests {
 
     #[test]
     fn ignored_probe_gives_its_slot_back() {
-        let t = Thresholds {
-            probes: 1,
-            ..thresholds()
-        };
+        let t = limits(TRIP, 1);
         let m = Machine::new(None, None);
         m.force(OPEN, NORMAL, "test");
         let Admission::Admit {
@@ -969,12 +1089,15 @@ mod tests {
 
     #[test]
     fn count_window_rates() {
-        let t = Thresholds {
-            consecutive_failures: 0,
-            failure_rate: Some(0.5),
-            minimum_calls: 4,
-            ..thresholds()
-        };
+        let t = limits(
+            Thresholds {
+                consecutive_failures: 0,
+                failure_rate: Some(0.5),
+                minimum_calls: 4,
+                ..TRIP
+            },
+            2,
+        );
         let m = Machine::new(Some(4), None);
         let gen = m.try_fast_admit().unwrap();
         // F S F: 3 calls, under minimum.
@@ -1047,12 +1170,14 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
 
-    fn thresholds(probes: u32, successes: u32) -> Thresholds {
-        Thresholds {
-            consecutive_failures: 1,
-            failure_rate: None,
-            slow_call_rate: None,
-            minimum_calls: 1,
+    fn thresholds(probes: u32, successes: u32) -> Limits {
+        Limits {
+            trip: TripCell::new(Thresholds {
+                consecutive_failures: 1,
+                failure_rate: None,
+                slow_call_rate: None,
+                minimum_calls: 1,
+            }),
             probes,
             successes_to_close: successes,
             wait_base: 10,
@@ -1061,7 +1186,7 @@ mod loom_tests {
         }
     }
 
-    fn admit(m: &Machine, t: &Thresholds) -> Admission {
+    fn admit(m: &Machine, t: &Limits) -> Admission {
         m.admit(t, &mut || 100, &mut |_| 0, &mut Vec::new())
     }
 
@@ -1168,6 +1293,35 @@ mod loom_tests {
             assert_eq!(n, 1, "{transitions:?}");
             let to = transitions.iter().flatten().next().unwrap().to;
             assert_eq!(state_of(m.word()), to);
+        });
+    }
+
+    /// A reader racing a change of the thresholds sees the old value or the new one, never a mix.
+    #[test]
+    fn thresholds_are_read_whole() {
+        use std::time::Duration;
+        let a = Thresholds {
+            consecutive_failures: 1,
+            failure_rate: None,
+            slow_call_rate: None,
+            minimum_calls: 1,
+        };
+        let b = Thresholds {
+            consecutive_failures: 0,
+            failure_rate: Some(0.5),
+            slow_call_rate: Some((Duration::from_nanos(7), 0.25)),
+            minimum_calls: 9,
+        };
+        loom::model(move || {
+            let cell = Arc::new(TripCell::new(a));
+            let writer = {
+                let cell = cell.clone();
+                thread::spawn(move || cell.store(b))
+            };
+            let seen = cell.load();
+            assert!(seen == a || seen == b, "{seen:?}");
+            writer.join().unwrap();
+            assert_eq!(cell.load(), b);
         });
     }
 

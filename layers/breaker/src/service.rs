@@ -114,11 +114,13 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         dispatch(&mut self.inner, &self.circuit, req)
     }
 }
 
+#[inline]
 fn dispatch<S, C, Req>(
     inner: &mut S,
     circuit: &Arc<Circuit<C>>,
@@ -135,7 +137,7 @@ where
                 circuit: circuit.clone(),
                 role,
                 gen,
-                start: circuit.common.slow_threshold.map(|_| Instant::now()),
+                start: circuit.common.times_calls().then(Instant::now),
             };
             ResponseFuture {
                 state: State::Called {
@@ -291,10 +293,14 @@ impl<C> Recorder<C> {
         let recorded = match outcome {
             Outcome::Ignored => Recorded::IGNORED,
             _ => {
-                let slow = match (a.start, a.circuit.common.slow_threshold) {
-                    (Some(start), Some(threshold)) => start.elapsed() >= threshold,
-                    _ => false,
-                };
+                // Timed if slow calls were tracked when the call began; judged by the threshold of
+                // now (none if slow-call tracking was turned off meanwhile).
+                let slow = a.start.is_some_and(|start| {
+                    a.circuit
+                        .common
+                        .slow_threshold()
+                        .is_some_and(|threshold| start.elapsed() >= threshold)
+                });
                 Recorded {
                     failure: outcome.is_failure(),
                     slow,

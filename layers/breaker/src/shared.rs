@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_core::audit::{Audit, AuditEvent};
@@ -14,18 +14,19 @@ use palisade_core::keymap::KeyMap;
 use palisade_core::rng::SharedRng;
 use tokio::time::Instant;
 
-use crate::config::nanos;
+use crate::config::{nanos, BuildError, Thresholds, Windows};
 use crate::machine::{
-    self, Admission, Machine, Reason, Recorded, Role, Thresholds, Transition, WindowKind,
+    self, Admission, Limits, Machine, Reason, Recorded, Role, Transition, WindowKind,
 };
 
 /// Configuration and publishing, shared by every circuit of one layer.
 pub(crate) struct Common<C> {
     pub(crate) name: Cow<'static, str>,
     pub(crate) classifier: C,
-    pub(crate) thresholds: Thresholds,
-    windows: (Option<u32>, Option<u32>),
-    pub(crate) slow_threshold: Option<Duration>,
+    pub(crate) limits: Limits,
+    windows: Windows,
+    /// Serializes [`set_thresholds`](Self::set_thresholds) (the thresholds' writers).
+    reconfigure: Mutex<()>,
     jitter: f64,
     component: Option<Component>,
     audit: Audit,
@@ -42,9 +43,8 @@ impl<C> Common<C> {
     pub(crate) fn new(
         name: Cow<'static, str>,
         classifier: C,
-        thresholds: Thresholds,
-        windows: (Option<u32>, Option<u32>),
-        slow_threshold: Option<Duration>,
+        limits: Limits,
+        windows: Windows,
         jitter: f64,
         component: Option<Component>,
         audit: Audit,
@@ -55,9 +55,9 @@ impl<C> Common<C> {
         Common {
             name,
             classifier,
-            thresholds,
+            limits,
             windows,
-            slow_threshold,
+            reconfigure: Mutex::new(()),
             jitter,
             component,
             audit,
@@ -84,13 +84,74 @@ impl<C> Common<C> {
     pub(crate) fn open_circuits(&self) -> usize {
         self.open_circuits.load(Ordering::Relaxed)
     }
+
+    /// Whether calls are timed for the slow-call rate: one relaxed load, on the data path.
+    #[inline]
+    pub(crate) fn times_calls(&self) -> bool {
+        self.limits.trip.slow_threshold() != 0
+    }
+
+    /// The slow-call threshold, if slow calls are tracked now.
+    #[inline]
+    pub(crate) fn slow_threshold(&self) -> Option<Duration> {
+        match self.limits.trip.slow_threshold() {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    pub(crate) fn thresholds(&self) -> Thresholds {
+        self.limits.trip.load()
+    }
+
+    /// Replaces the trip thresholds of every circuit of this layer, present and future. The windows, the
+    /// counts and the state are kept; the next failure or slow call is judged by the new values.
+    pub(crate) fn set_thresholds(&self, new: Thresholds) -> Result<(), BuildError> {
+        new.validate(self.windows)?;
+        let guard = self.reconfigure.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.limits.trip.load();
+        if old == new {
+            return Ok(()); // a reload that changes nothing is not an event
+        }
+        self.limits.trip.store(new);
+        // Published under the lock, so that the audit log has concurrent changes in the order they
+        // were applied (recording never blocks: the audit queue is bounded and drops when full).
+        tracing::info!(
+            breaker = %self.name,
+            old = ?old,
+            new = ?new,
+            "circuit breaker thresholds changed"
+        );
+        self.audit.record_with(|| {
+            let mut ev =
+                AuditEvent::new("breaker.reconfigured").detail("breaker", self.name.to_string());
+            for (prefix, t) in [("old", &old), ("new", &new)] {
+                let (slow_ms, slow_rate) = match t.slow_call_rate {
+                    Some((d, r)) => (Some(d.as_secs_f64() * 1e3), Some(r)),
+                    None => (None, None),
+                };
+                ev = ev
+                    .detail(
+                        format!("{prefix}_consecutive_failures"),
+                        t.consecutive_failures,
+                    )
+                    .detail(format!("{prefix}_failure_rate"), t.failure_rate)
+                    .detail(format!("{prefix}_slow_call_threshold_ms"), slow_ms)
+                    .detail(format!("{prefix}_slow_call_rate"), slow_rate)
+                    .detail(format!("{prefix}_minimum_calls"), t.minimum_calls);
+            }
+            ev
+        });
+        drop(guard);
+        Ok(())
+    }
 }
 
 impl<C> fmt::Debug for Common<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Common")
             .field("name", &self.name)
-            .field("thresholds", &self.thresholds)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -132,7 +193,7 @@ impl<C> Circuit<C> {
         let c = &*self.common;
         let mut transitions = Vec::new();
         let a = self.machine.admit(
-            &c.thresholds,
+            &c.limits,
             &mut || c.now(),
             &mut |w| c.jitter(w),
             &mut transitions,
@@ -148,14 +209,12 @@ impl<C> Circuit<C> {
 
     pub(crate) fn record(&self, role: Role, gen: u32, outcome: Recorded) {
         let c = &*self.common;
-        if let Some(tr) = self.machine.record(
-            &c.thresholds,
-            role,
-            gen,
-            outcome,
-            &mut || c.now(),
-            &mut |w| c.jitter(w),
-        ) {
+        if let Some(tr) =
+            self.machine
+                .record(&c.limits, role, gen, outcome, &mut || c.now(), &mut |w| {
+                    c.jitter(w)
+                })
+        {
             self.publish(tr);
         }
     }
@@ -188,7 +247,7 @@ impl<C> Circuit<C> {
             Err(current) => current,
         };
         let kind = event_kind(&tr);
-        let reason = ReasonText(&tr.reason, &c.thresholds).to_string();
+        let reason = ReasonText(&tr.reason, &c.limits).to_string();
         let key = self.label.as_deref();
         if tr.to == machine::OPEN {
             tracing::warn!(breaker = %c.name, key, reason = %reason, wait_ms = tr.wait.map(|w| w / 1_000_000), "circuit opened");
@@ -225,17 +284,24 @@ impl<C> Circuit<C> {
                 }
                 Reason::FailureRate {
                     rate,
+                    threshold,
                     calls,
                     failures,
                     ..
                 } => ev
                     .detail("failure_rate", rate)
+                    .detail("failure_rate_threshold", threshold)
                     .detail("calls", calls)
                     .detail("failures", failures),
                 Reason::SlowCallRate {
-                    rate, calls, slow, ..
+                    rate,
+                    threshold,
+                    calls,
+                    slow,
+                    ..
                 } => ev
                     .detail("slow_call_rate", rate)
+                    .detail("slow_call_rate_threshold", threshold)
                     .detail("calls", calls)
                     .detail("slow_calls", slow),
                 Reason::ProbesSucceeded { successes } => ev.detail("probe_successes", successes),
@@ -284,7 +350,7 @@ pub(crate) fn mode_name(m: u64) -> &'static str {
     }
 }
 
-struct ReasonText<'a>(&'a Reason, &'a Thresholds);
+struct ReasonText<'a>(&'a Reason, &'a Limits);
 
 impl fmt::Display for ReasonText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -300,6 +366,7 @@ impl fmt::Display for ReasonText<'_> {
             Reason::FailureRate {
                 window: w,
                 rate,
+                threshold,
                 calls,
                 failures,
             } => {
@@ -309,15 +376,12 @@ impl fmt::Display for ReasonText<'_> {
                     rate * 100.0
                 )?;
                 window(f, w)?;
-                write!(
-                    f,
-                    ", threshold {:.1}%",
-                    self.1.failure_rate.unwrap_or(0.0) * 100.0
-                )
+                write!(f, ", threshold {:.1}%", threshold * 100.0)
             }
             Reason::SlowCallRate {
                 window: w,
                 rate,
+                threshold,
                 calls,
                 slow,
             } => {
@@ -327,11 +391,7 @@ impl fmt::Display for ReasonText<'_> {
                     rate * 100.0
                 )?;
                 window(f, w)?;
-                write!(
-                    f,
-                    ", threshold {:.1}%",
-                    self.1.slow_call_rate.unwrap_or(0.0) * 100.0
-                )
+                write!(f, ", threshold {:.1}%", threshold * 100.0)
             }
             Reason::WaitElapsed => f.write_str("open wait elapsed; probing"),
             Reason::ProbeFailed => f.write_str("a half-open probe failed"),

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use palisade_breaker::{CircuitBreakerLayer, CircuitOpen, CircuitState, Mode};
+use palisade_breaker::{CircuitBreakerLayer, CircuitOpen, CircuitState, Mode, Thresholds};
 use palisade_core::audit::Audit;
 use palisade_core::classify::HttpStatus;
 use palisade_core::error::BoxError;
@@ -804,5 +804,499 @@ fn concurrent_herd_at_half_open_admits_at_most_the_probes() {
             "dropped probes give their slots back"
         );
         assert_eq!(handle.state(), CircuitState::HalfOpen);
+    });
+}
+
+// ---- Thresholds changed at run time (`set_thresholds`) ----
+
+const FIVE_IN_A_ROW: Thresholds = Thresholds {
+    consecutive_failures: 5,
+    failure_rate: None,
+    slow_call_rate: None,
+    minimum_calls: 20,
+};
+
+#[test]
+fn thresholds_round_trip() {
+    let layer = base()
+        .consecutive_failures(7)
+        .failure_rate(0.25)
+        .slow_call_rate(Duration::from_micros(1500), 0.8)
+        .minimum_calls(9)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    assert_eq!(
+        handle.thresholds(),
+        Thresholds {
+            consecutive_failures: 7,
+            failure_rate: Some(0.25),
+            slow_call_rate: Some((Duration::from_micros(1500), 0.8)),
+            minimum_calls: 9,
+        },
+        "the builder's values"
+    );
+    for t in [
+        FIVE_IN_A_ROW,
+        Thresholds {
+            consecutive_failures: 0,
+            failure_rate: None,
+            slow_call_rate: Some((Duration::from_nanos(1), 1.0)),
+            minimum_calls: 1,
+        },
+        Thresholds {
+            consecutive_failures: u32::MAX,
+            failure_rate: Some(f64::MIN_POSITIVE),
+            slow_call_rate: None,
+            minimum_calls: 100,
+        },
+    ] {
+        handle.set_thresholds(t).unwrap();
+        assert_eq!(handle.thresholds(), t);
+    }
+    let defaults = CircuitBreakerLayer::builder().build().unwrap().handle();
+    assert_eq!(
+        defaults.thresholds(),
+        Thresholds {
+            consecutive_failures: 0,
+            failure_rate: Some(0.5),
+            slow_call_rate: None,
+            minimum_calls: 20,
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lowering_consecutive_failures_trips_on_the_next_failure() {
+    let layer = base()
+        .no_failure_rate()
+        .consecutive_failures(5)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(Backend::default());
+    for _ in 0..3 {
+        call(&svc, req("fail")).await.unwrap();
+    }
+    handle
+        .set_thresholds(Thresholds {
+            consecutive_failures: 2,
+            ..handle.thresholds()
+        })
+        .unwrap();
+    // The change judges nothing by itself, and keeps the count.
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(handle.counts().consecutive_failures, 3);
+    call(&svc, req("fail")).await.unwrap();
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "4 >= 2: the next failure trips"
+    );
+    assert!(call(&svc, req("ok")).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn raising_consecutive_failures_keeps_a_circuit_closed_that_would_have_opened() {
+    let layer = base()
+        .no_failure_rate()
+        .consecutive_failures(3)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(Backend::default());
+    for _ in 0..2 {
+        call(&svc, req("fail")).await.unwrap();
+    }
+    handle
+        .set_thresholds(Thresholds {
+            consecutive_failures: 5,
+            ..handle.thresholds()
+        })
+        .unwrap();
+    for n in 3..5 {
+        call(&svc, req("fail")).await.unwrap();
+        assert_eq!(handle.state(), CircuitState::Closed, "{n} failures < 5");
+    }
+    call(&svc, req("fail")).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_failure_rate_judges_the_window_as_it_stands() {
+    let (audit, log) = Audit::memory(100);
+    let layer = base()
+        .failure_rate(0.75)
+        .window_calls(4)
+        .minimum_calls(4)
+        .audit(&audit)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(Backend::default());
+    for o in ["fail", "fail", "ok", "ok"] {
+        call(&svc, req(o)).await.unwrap();
+    }
+    handle
+        .set_thresholds(Thresholds {
+            failure_rate: Some(0.5),
+            ..handle.thresholds()
+        })
+        .unwrap();
+    let counts = handle.counts();
+    assert_eq!(
+        (counts.window_calls, counts.window_failures),
+        (4, 2),
+        "window kept"
+    );
+    // F S S F: 2 of 4, under the old 75 %, at the new 50 %.
+    call(&svc, req("fail")).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open);
+
+    audit.flush().await.unwrap();
+    let records = log.records();
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["breaker.reconfigured", "breaker.opened"]);
+    assert_eq!(records[1].details["failure_rate_threshold"], 0.5);
+    assert!(
+        records[1].details["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("threshold 50.0%"),
+        "{:?}",
+        records[1].details["reason"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_call_rate_can_be_turned_on_at_run_time() {
+    let layer = base()
+        .failure_rate(0.5)
+        .window_calls(4)
+        .minimum_calls(4)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(Backend::default());
+    call(&svc, req("slow")).await.unwrap();
+    assert_eq!(handle.counts().window_slow, 0, "not tracked yet");
+    handle
+        .set_thresholds(Thresholds {
+            slow_call_rate: Some((Duration::from_secs(2), 0.5)),
+            ..handle.thresholds()
+        })
+        .unwrap();
+    call(&svc, req("ok")).await.unwrap();
+    call(&svc, req("slow")).await.unwrap();
+    assert_eq!(handle.counts().window_slow, 1);
+    assert_eq!(handle.state(), CircuitState::Closed);
+    call(&svc, req("slow")).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Open, "2 slow calls of 4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_thresholds_are_refused_and_change_nothing() {
+    let (audit, log) = Audit::memory(100);
+    let layer = base()
+        .failure_rate(0.5)
+        .window_calls(10)
+        .minimum_calls(5)
+        .audit(&audit)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(Backend::default());
+    call(&svc, req("fail")).await.unwrap();
+    let before = handle.thresholds();
+    let counts = handle.counts();
+    let cases = [
+        (
+            "failure_rate",
+            Thresholds {
+                failure_rate: Some(0.0),
+                ..before
+            },
+        ),
+        (
+            "failure_rate",
+            Thresholds {
+                failure_rate: Some(1.5),
+                ..before
+            },
+        ),
+        (
+            "failure_rate",
+            Thresholds {
+                failure_rate: Some(f64::NAN),
+                ..before
+            },
+        ),
+        (
+            "slow_call_rate",
+            Thresholds {
+                slow_call_rate: Some((Duration::ZERO, 0.5)),
+                ..before
+            },
+        ),
+        (
+            "slow_call_rate",
+            Thresholds {
+                slow_call_rate: Some((Duration::from_secs(1), -0.1)),
+                ..before
+            },
+        ),
+        (
+            "consecutive_failures",
+            Thresholds {
+                consecutive_failures: 0,
+                failure_rate: None,
+                slow_call_rate: None,
+                minimum_calls: 5,
+            },
+        ),
+        (
+            "minimum_calls",
+            Thresholds {
+                minimum_calls: 0,
+                ..before
+            },
+        ),
+        (
+            "minimum_calls",
+            Thresholds {
+                minimum_calls: 11,
+                ..before
+            },
+        ),
+    ];
+    for (setting, t) in cases {
+        let err = handle.set_thresholds(t).unwrap_err();
+        assert_eq!(err.setting(), setting, "{t:?}: {err}");
+        assert_eq!(err.layer(), "circuit breaker");
+        assert_eq!(handle.thresholds(), before, "{t:?} changed nothing");
+    }
+    assert_eq!(handle.counts(), counts);
+    assert_eq!(handle.state(), CircuitState::Closed);
+    // Each refusal is also what the builder says about the same values.
+    let err = base().failure_rate(1.5).build().unwrap_err();
+    assert_eq!(err.setting(), "failure_rate");
+    let err = base().minimum_calls(0).build().unwrap_err();
+    assert_eq!(err.setting(), "minimum_calls");
+    let err = base()
+        .window_calls(10)
+        .minimum_calls(11)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "minimum_calls");
+    // A rate needs a window: a breaker built without one cannot turn a rate on.
+    let no_window = base()
+        .no_failure_rate()
+        .consecutive_failures(3)
+        .build()
+        .unwrap();
+    let h = no_window.handle();
+    let err = h
+        .set_thresholds(Thresholds {
+            failure_rate: Some(0.5),
+            ..h.thresholds()
+        })
+        .unwrap_err();
+    assert_eq!(err.setting(), "failure_rate");
+    assert!(err.problem().contains("no window"), "{err}");
+    assert_eq!(h.thresholds().failure_rate, None);
+    // With a window asked for at build time, it can.
+    let windowed = base()
+        .no_failure_rate()
+        .consecutive_failures(3)
+        .window_calls(50)
+        .build()
+        .unwrap();
+    let h = windowed.handle();
+    h.set_thresholds(Thresholds {
+        failure_rate: Some(0.5),
+        ..h.thresholds()
+    })
+    .unwrap();
+
+    audit.flush().await.unwrap();
+    assert!(
+        log.records().is_empty(),
+        "refusals are not reconfigurations"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconfiguration_is_audited_with_old_and_new_values() {
+    let (audit, log) = Audit::memory(100);
+    let layer = base()
+        .name("payments")
+        .failure_rate(0.5)
+        .minimum_calls(10)
+        .audit(&audit)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let new = Thresholds {
+        consecutive_failures: 4,
+        failure_rate: None,
+        slow_call_rate: Some((Duration::from_millis(250), 0.3)),
+        minimum_calls: 8,
+    };
+    handle.set_thresholds(new).unwrap();
+    handle.set_thresholds(new).unwrap(); // unchanged: no event
+    audit.flush().await.unwrap();
+    let records = log.records();
+    assert_eq!(records.len(), 1);
+    let d = &records[0].details;
+    assert_eq!(records[0].kind, "breaker.reconfigured");
+    assert_eq!(d["breaker"], "payments");
+    assert_eq!(d["old_consecutive_failures"], 0);
+    assert_eq!(d["old_failure_rate"], 0.5);
+    assert!(d["old_slow_call_rate"].is_null());
+    assert!(d["old_slow_call_threshold_ms"].is_null());
+    assert_eq!(d["old_minimum_calls"], 10);
+    assert_eq!(d["new_consecutive_failures"], 4);
+    assert!(d["new_failure_rate"].is_null());
+    assert_eq!(d["new_slow_call_rate"], 0.3);
+    assert_eq!(d["new_slow_call_threshold_ms"], 250.0);
+    assert_eq!(d["new_minimum_calls"], 8);
+    audit.verify(&records, audit.head().as_ref()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_set_thresholds_applies_to_present_and_future_circuits() {
+    let layer = base()
+        .no_failure_rate()
+        .consecutive_failures(2)
+        .keyed(HeaderKey::from_static("x-tenant"))
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(Backend::default());
+    call(&svc, tenant_req("acme", "fail")).await.unwrap();
+    handle
+        .set_thresholds(Thresholds {
+            consecutive_failures: 4,
+            ..handle.thresholds()
+        })
+        .unwrap();
+    let acme = handle.get(&http::HeaderValue::from_static("acme")).unwrap();
+    assert_eq!(acme.thresholds().consecutive_failures, 4);
+    // Present: acme had 1 failure; 2 more would have opened it before.
+    for _ in 0..2 {
+        call(&svc, tenant_req("acme", "fail")).await.unwrap();
+    }
+    assert_eq!(acme.state(), CircuitState::Closed);
+    call(&svc, tenant_req("acme", "fail")).await.unwrap();
+    assert_eq!(acme.state(), CircuitState::Open);
+    // Future: a key first seen now trips at 4 too, and so does the default circuit.
+    for _ in 0..3 {
+        call(&svc, tenant_req("beta", "fail")).await.unwrap();
+        call(&svc, req("fail")).await.unwrap();
+    }
+    let beta = handle.get(&http::HeaderValue::from_static("beta")).unwrap();
+    assert_eq!(beta.state(), CircuitState::Closed);
+    assert_eq!(handle.default_circuit().state(), CircuitState::Closed);
+    call(&svc, tenant_req("beta", "fail")).await.unwrap();
+    call(&svc, req("fail")).await.unwrap();
+    assert_eq!(beta.state(), CircuitState::Open);
+    assert_eq!(handle.default_circuit().state(), CircuitState::Open);
+    // Invalid values are refused for all of them.
+    assert!(handle
+        .set_thresholds(Thresholds {
+            consecutive_failures: 0,
+            ..handle.thresholds()
+        })
+        .is_err());
+    assert_eq!(beta.thresholds().consecutive_failures, 4);
+}
+
+/// Calls on four worker threads while another thread keeps changing the thresholds: nothing panics,
+/// every read sees one of the values set (never a mix of two), and the last value set is the one left.
+#[test]
+fn concurrent_set_thresholds_while_calls_run() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let values = [
+            Thresholds {
+                consecutive_failures: 3,
+                failure_rate: Some(0.5),
+                slow_call_rate: None,
+                minimum_calls: 10,
+            },
+            Thresholds {
+                consecutive_failures: 0,
+                failure_rate: Some(0.9),
+                slow_call_rate: Some((Duration::from_secs(5), 0.6)),
+                minimum_calls: 50,
+            },
+            Thresholds {
+                consecutive_failures: 1_000,
+                failure_rate: None,
+                slow_call_rate: Some((Duration::from_millis(1), 1.0)),
+                minimum_calls: 1,
+            },
+        ];
+        let layer = CircuitBreakerLayer::builder()
+            .failure_rate(0.5)
+            .window_calls(100)
+            .minimum_calls(10)
+            .open_wait(Duration::from_micros(1), Duration::from_micros(1))
+            .jitter(0.0)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        handle.set_thresholds(values[2]).unwrap();
+        let svc = layer.layer(Backend::default());
+        let mut tasks = Vec::new();
+        for worker in 0..4 {
+            let (svc, handle) = (svc.clone(), handle.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..2_000 {
+                    let o = if (i + worker) % 3 == 0 { "fail" } else { "ok" };
+                    // Refusals (the circuit opens and closes as the thresholds move) are expected.
+                    let _ = call(&svc, req(o)).await;
+                    if i % 50 == 0 {
+                        let t = handle.thresholds();
+                        assert!(values.contains(&t), "a torn read: {t:?}");
+                    }
+                }
+            }));
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A reader that does nothing else, to catch a read overlapping a write.
+        let reader = {
+            let (handle, done) = (handle.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let t = handle.thresholds();
+                    assert!(values.contains(&t), "a torn read: {t:?}");
+                }
+            })
+        };
+        let setter = {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    handle.set_thresholds(values[i % 3]).unwrap();
+                }
+                values[(20_000 - 1) % 3]
+            })
+        };
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let last = tokio::task::spawn_blocking(move || {
+            let last = setter.join().unwrap();
+            done.store(true, Ordering::Relaxed);
+            reader.join().unwrap();
+            last
+        })
+        .await
+        .unwrap();
+        assert_eq!(handle.thresholds(), last);
     });
 }

@@ -204,6 +204,8 @@ pub struct Decision {
     remaining: u64,
     reset: u64,
     streak: Option<Streak>,
+    /// This admission ended a violation streak (a refund must resume it).
+    ended_streak: bool,
 }
 
 /// A violation streak that began with this rejection (see [`Penalty`]).
@@ -224,6 +226,7 @@ impl Decision {
             remaining,
             reset: nanos(reset),
             streak: None,
+            ended_streak: false,
         }
     }
 
@@ -235,6 +238,7 @@ impl Decision {
             remaining: 0,
             reset: nanos(reset),
             streak: None,
+            ended_streak: false,
         }
     }
 
@@ -242,6 +246,14 @@ impl Decision {
     #[must_use]
     pub fn with_streak(mut self, streak: Streak) -> Self {
         self.streak = Some(streak);
+        self
+    }
+
+    /// Marks the admission as the end of a violation streak (so that a refund of it resumes the
+    /// streak).
+    #[must_use]
+    pub fn with_ended_streak(mut self) -> Self {
+        self.ended_streak = true;
         self
     }
 
@@ -268,6 +280,12 @@ impl Decision {
     /// The violation streak this rejection started, if it started one.
     pub fn streak(&self) -> Option<Streak> {
         self.streak
+    }
+
+    /// Whether this admission ended a violation streak: the bucket had been refusing since its last
+    /// admission. [`Cell::refund`] resumes the streak.
+    pub fn ended_streak(&self) -> bool {
+        self.ended_streak
     }
 }
 
@@ -334,11 +352,13 @@ impl Cell {
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
+                    let mut d = admitted(g, now, next);
                     // Ends a violation streak: one relaxed load on the happy path.
                     if self.penalty.load(Ordering::Relaxed) & IN_STREAK != 0 {
-                        self.penalty.fetch_and(!IN_STREAK, Ordering::Relaxed);
+                        let before = self.penalty.fetch_and(!IN_STREAK, Ordering::Relaxed);
+                        d.ended_streak = before & IN_STREAK != 0;
                     }
-                    return admitted(g, now, next);
+                    return d;
                 }
                 Err(actual) => tat = actual,
             }
@@ -354,6 +374,7 @@ impl Cell {
             remaining: 0,
             reset: tat - now,
             streak: None,
+            ended_streak: false,
         };
         if op == Op::Peek {
             return plain;
@@ -410,13 +431,26 @@ impl Cell {
         }
     }
 
-    /// Gives back one request's worth of quota (after a later check refused the request).
-    pub fn refund(&self, g: Gcra) {
+    /// Undoes the admission `admitted` (a `Consume` decision of this cell with parameters `g`) after a
+    /// later check refused the request: gives back its request's worth of quota and, if it ended a
+    /// violation streak, resumes the streak — the request was not served, so the bucket is not
+    /// in good standing again.
+    ///
+    /// Under concurrency on the same bucket the undo is approximate, never harsher: a rejection racing
+    /// between the admission and the refund may already have started a new streak, and an admission
+    /// racing it may see the streak resumed (its next violation then continues the streak).
+    pub fn refund(&self, g: Gcra, admitted: &Decision) {
+        if !admitted.admitted {
+            return;
+        }
         let _ = self
             .tat
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
                 Some(tat.saturating_sub(g.t))
             });
+        if admitted.ended_streak {
+            self.penalty.fetch_or(IN_STREAK, Ordering::Relaxed);
+        }
     }
 }
 
@@ -434,6 +468,7 @@ fn admitted(g: Gcra, now: u64, next: u64) -> Decision {
         remaining,
         reset: next - now,
         streak: None,
+        ended_streak: false,
     }
 }
 
@@ -499,6 +534,46 @@ mod tests {
         assert!(!peek.is_admitted());
         assert!(peek.streak().is_none());
         assert_eq!(c.level(), 0);
+    }
+
+    #[test]
+    fn refund_resumes_the_streak_the_admission_ended() {
+        let burst2 = Rate::per_second(1).burst(2).gcra();
+        let burst1 = Rate::per_second(1).burst(1).gcra();
+        let penalty = Penalty {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(10),
+            decay: Duration::from_secs(3600),
+        };
+        let p = Some(&penalty);
+        let c = Cell::new();
+        let now = 1_000 * MS;
+        for _ in 0..2 {
+            let d = c.acquire(burst2, p, now, Op::Consume);
+            assert!(d.is_admitted() && !d.ended_streak());
+        }
+        let refused = c.acquire(burst2, p, now, Op::Consume);
+        assert_eq!(refused.streak().map(|s| s.level), Some(1));
+        // A second later the bucket admits: that ends the streak...
+        let later = now + 1_000 * MS;
+        let d = c.acquire(burst2, p, later, Op::Consume);
+        assert!(d.is_admitted() && d.ended_streak());
+        let tat = c.tat();
+        // ...but a later check refuses the request: undo it, quota and streak.
+        c.refund(burst2, &d);
+        assert_eq!(c.tat(), tat - burst2.t);
+        assert_eq!(c.level(), 1);
+        // Judged by a tighter rate, the bucket refuses now: the streak goes on (no new level, no
+        // penalty), as if the refunded request had never been admitted.
+        let refused = c.acquire(burst1, p, later, Op::Consume);
+        assert!(!refused.is_admitted());
+        assert_eq!(refused.streak(), None);
+        assert_eq!(refused.retry_after(), Duration::from_secs(1));
+        assert_eq!(c.level(), 1);
+        // Refunding a rejection changes nothing.
+        let tat = c.tat();
+        c.refund(burst1, &refused);
+        assert_eq!(c.tat(), tat);
     }
 
     #[test]

@@ -99,4 +99,4 @@ pub use handle::{Check, RateLimitHandle, TierMetrics};
 pub use palisade_core::error::{Quota, RateLimited};
 pub use palisade_core::signal::LoadSignal;
 pub use service::{RateLimit, RateLimitLayer, ResponseFuture};
-pub use store::{Bucket, MemoryStore, Store};
+pub use store::{Bucket, MemoryGrant, MemoryStore, Store};

@@ -275,9 +275,9 @@ impl<E, S: Store> Limiter<E, S> {
         let tier = self.tier_of(bucket);
         let (load, floor) = self.load();
         let eff = tier.effective(load, floor);
-        let d = self
-            .store
-            .acquire(bucket, eff.gcra, self.penalty.as_ref(), now, Op::Consume);
+        let (d, grant) =
+            self.store
+                .acquire(bucket, eff.gcra, self.penalty.as_ref(), now, Op::Consume);
         if !d.is_admitted() {
             tier.rejected.fetch_add(1, Ordering::Relaxed);
             if let Some(streak) = d.streak() {
@@ -290,8 +290,9 @@ impl<E, S: Store> Limiter<E, S> {
             let ticks = nanos(now.saturating_duration_since(self.epoch));
             let gd = g.cell.acquire(geff.gcra, None, ticks, Op::Consume);
             if !gd.is_admitted() {
-                // The tenant did nothing wrong: give its quota back.
-                self.store.refund(bucket, eff.gcra);
+                // The tenant did nothing wrong: undo its admission (quota and violation streak) on
+                // the bucket in hand.
+                self.store.refund(grant, eff.gcra, &d);
                 g.tier.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(rate_limited(&g.tier.name, geff, &gd));
             }
@@ -339,7 +340,7 @@ impl<E, S: Store> Limiter<E, S> {
         let (load, floor) = self.load();
         let eff = tier.effective(load, floor);
         let now = Instant::now();
-        let d = self
+        let (d, _) = self
             .store
             .acquire(bucket, eff.gcra, self.penalty.as_ref(), now, Op::Peek);
         if !d.is_admitted() {

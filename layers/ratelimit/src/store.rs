@@ -36,6 +36,12 @@ pub enum Bucket {
 /// random per process); both are left to the Redis issue. A store that must ask Redis before every
 /// decision would need an async variant of this trait and a future in the service.
 pub trait Store: Send + Sync + 'static {
+    /// What [`acquire`](Self::acquire) hands back with its decision: a hold on the bucket it stepped
+    /// (for [`MemoryStore`], the bucket itself), so that [`refund`](Self::refund) undoes that step on
+    /// that bucket without finding it again. The layer keeps it only until the request is admitted or
+    /// refused.
+    type Grant: Send;
+
     /// Runs one GCRA step for `bucket` at `now`: consumes one request's worth of quota if the request
     /// conforms (`Op::Consume`), or only says what would happen (`Op::Peek`).
     fn acquire(
@@ -45,11 +51,13 @@ pub trait Store: Send + Sync + 'static {
         penalty: Option<&Penalty>,
         now: Instant,
         op: Op,
-    ) -> Decision;
+    ) -> (Decision, Self::Grant);
 
-    /// Gives back the request's worth of quota taken by the last `Consume` on `bucket` (when a later
-    /// check, the global limit, refused the request).
-    fn refund(&self, bucket: Bucket, gcra: Gcra);
+    /// Undoes the admission `admitted`, made by `acquire` with `Op::Consume` and the parameters
+    /// `gcra`, on the bucket `grant` holds (when a later check, the global limit, refused the request):
+    /// gives back its request's worth of quota and resumes the violation streak it ended (see
+    /// [`Cell::refund`]).
+    fn refund(&self, grant: Self::Grant, gcra: Gcra, admitted: &Decision);
 
     /// How many tenant buckets are tracked.
     fn tracked(&self) -> usize;
@@ -116,7 +124,31 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+/// The bucket a [`MemoryStore`] decision was made on (its [`Store::Grant`]).
+pub struct MemoryGrant(Held);
+
+enum Held {
+    Tenant(Arc<Cell>),
+    Anonymous,
+    Overflow,
+    /// A peek at an unknown tenant: no bucket exists.
+    Nothing,
+}
+
+impl fmt::Debug for MemoryGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Held::Tenant(_) => "MemoryGrant(Tenant)",
+            Held::Anonymous => "MemoryGrant(Anonymous)",
+            Held::Overflow => "MemoryGrant(Overflow)",
+            Held::Nothing => "MemoryGrant(Nothing)",
+        })
+    }
+}
+
 impl Store for MemoryStore {
+    type Grant = MemoryGrant;
+
     #[inline]
     fn acquire(
         &self,
@@ -125,34 +157,43 @@ impl Store for MemoryStore {
         penalty: Option<&Penalty>,
         now: Instant,
         op: Op,
-    ) -> Decision {
+    ) -> (Decision, MemoryGrant) {
         let ticks = self.ticks(now);
-        match bucket {
-            Bucket::Anonymous => self.anonymous.acquire(gcra, penalty, ticks, op),
+        let (d, held) = match bucket {
+            Bucket::Anonymous => (
+                self.anonymous.acquire(gcra, penalty, ticks, op),
+                Held::Anonymous,
+            ),
             Bucket::Tenant(hash) => {
                 let cell: Option<Arc<Cell>> = match op {
                     Op::Consume => self.map.get_or_insert_with(hash, now, Cell::new),
                     // A peek must not create state: an unknown tenant has a full bucket.
                     Op::Peek => match self.map.get(hash) {
                         Some(c) => Some(c),
-                        None => return Cell::new().acquire(gcra, penalty, ticks, op),
+                        None => {
+                            let d = Cell::new().acquire(gcra, penalty, ticks, op);
+                            return (d, MemoryGrant(Held::Nothing));
+                        }
                     },
                 };
                 match cell {
-                    Some(cell) => cell.acquire(gcra, penalty, ticks, op),
-                    None => self.overflow.acquire(gcra, penalty, ticks, op),
+                    Some(cell) => (cell.acquire(gcra, penalty, ticks, op), Held::Tenant(cell)),
+                    None => (
+                        self.overflow.acquire(gcra, penalty, ticks, op),
+                        Held::Overflow,
+                    ),
                 }
             }
-        }
+        };
+        (d, MemoryGrant(held))
     }
 
-    fn refund(&self, bucket: Bucket, gcra: Gcra) {
-        match bucket {
-            Bucket::Anonymous => self.anonymous.refund(gcra),
-            Bucket::Tenant(hash) => match self.map.get(hash) {
-                Some(cell) => cell.refund(gcra),
-                None => self.overflow.refund(gcra),
-            },
+    fn refund(&self, grant: MemoryGrant, gcra: Gcra, admitted: &Decision) {
+        match &grant.0 {
+            Held::Tenant(cell) => cell.refund(gcra, admitted),
+            Held::Anonymous => self.anonymous.refund(gcra, admitted),
+            Held::Overflow => self.overflow.refund(gcra, admitted),
+            Held::Nothing => {}
         }
     }
 
@@ -162,5 +203,44 @@ impl Store for MemoryStore {
 
     fn overflowed(&self) -> u64 {
         self.map.overflowed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gcra::Rate;
+
+    /// A refund goes to the bucket the admission was made on, even when the key now maps elsewhere: here
+    /// a tenant admitted through the overflow bucket that got a bucket of its own before the refund.
+    #[tokio::test(start_paused = true)]
+    async fn refund_goes_to_the_bucket_in_hand() {
+        let store = MemoryStore::new(1, Duration::from_secs(1));
+        let g = Rate::per_second(1).burst(1).gcra();
+        let (first, first_grant) =
+            store.acquire(Bucket::Tenant(1), g, None, Instant::now(), Op::Consume);
+        assert!(first.is_admitted());
+        drop(first_grant); // (a grant holds its bucket: the map does not evict it meanwhile)
+                           // The map is full of tenant 1 (busy): tenant 2 is admitted through the overflow bucket.
+        let (d, grant) = store.acquire(Bucket::Tenant(2), g, None, Instant::now(), Op::Consume);
+        assert!(d.is_admitted());
+        assert_eq!(store.overflowed(), 1);
+        let overflow_tat = store.overflow.tat();
+        assert!(overflow_tat > 0);
+        // Later tenant 1 is idle and full, gets evicted, and tenant 2 gets its own bucket.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(store.sweep(), 1);
+        let (d2, _) = store.acquire(Bucket::Tenant(2), g, None, Instant::now(), Op::Consume);
+        assert!(d2.is_admitted());
+        let own = store.map.get(2).unwrap();
+        let own_tat = own.tat();
+        // The first admission is refunded where it was charged: the overflow bucket.
+        store.refund(grant, g, &d);
+        assert_eq!(store.overflow.tat(), overflow_tat - g.t);
+        assert_eq!(
+            own.tat(),
+            own_tat,
+            "tenant 2's own bucket was not charged, nor refunded"
+        );
     }
 }

@@ -481,6 +481,58 @@ async fn global_limit_on_top_of_tenant_limits() {
     assert_eq!(default.rejected, 40 + 41);
 }
 
+/// Regression: a tenant admitted by its own bucket but refused by the global limit gets back both its
+/// quota and its violation streak. The refund used to clear the streak, so the tenant's next rejection
+/// started a new streak: one offence level higher and a penalty it had not earned.
+#[tokio::test(start_paused = true)]
+async fn a_global_refusal_restores_the_tenants_violation_streak() {
+    let (audit, sink) = Audit::memory(64);
+    let layer = RateLimitLayer::builder(key())
+        .default_rate(Rate::new(1, Duration::from_secs(10)).burst(2))
+        .penalty(
+            Duration::from_secs(100),
+            Duration::from_secs(100),
+            Duration::from_secs(3600),
+        )
+        .global(Rate::new(3, Duration::from_secs(1000)).burst(3))
+        .idle_timeout(Duration::from_secs(600))
+        .audit(&audit)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = service(layer);
+    // a uses its burst of 2, then is refused by its own bucket: streak 1 (no penalty at level 1).
+    assert_eq!(admitted(&svc, "a", 2).await, 2);
+    let err = send(&svc, "a").await.unwrap_err();
+    assert_eq!(&*limited(&err).quota.as_ref().unwrap().policy, "default");
+    // b takes the last of the global burst.
+    assert_eq!(admitted(&svc, "b", 1).await, 1);
+    // 10 s on, a's bucket admits again, but the global limit refuses: a's quota goes back.
+    advance(Duration::from_secs(10)).await;
+    let err = send(&svc, "a").await.unwrap_err();
+    assert_eq!(&*limited(&err).quota.as_ref().unwrap().policy, "global");
+    // Tighten a's tier (burst 1): the refunded bucket, 10 s ahead, now refuses a on its own. This
+    // continues the streak a never left (it was not admitted): no new level, no penalty.
+    handle
+        .set_tier("default", Rate::new(1, Duration::from_secs(10)).burst(1))
+        .unwrap();
+    let err = send(&svc, "a").await.unwrap_err();
+    assert_eq!(&*limited(&err).quota.as_ref().unwrap().policy, "default");
+    assert_eq!(
+        limited(&err).retry_after,
+        Duration::from_secs(10),
+        "the plain wait of the refunded bucket, with no penalty"
+    );
+    audit.flush().await.unwrap();
+    let streaks: Vec<_> = sink
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == "ratelimit.violation")
+        .collect();
+    assert_eq!(streaks.len(), 1, "one streak: {streaks:?}");
+    assert_eq!(streaks[0].details["level"], 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn check_does_not_consume() {
     let a = HeaderValue::from_static("a");
