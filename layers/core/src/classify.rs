@@ -133,7 +133,8 @@ pub enum Classified<E> {
 /// What the consumers do with `Ignored`: the circuit breaker counts it neither as a success nor as a
 /// failure (a half-open probe that ends ignored gives its slot back); the retry layer decides on
 /// palisade's rejections by its own rules before it asks the classifier, so this changes nothing there;
-/// a fallback trigger built on a classifier fires only on what the classifier calls a failure.
+/// a fallback trigger built on a classifier fires on every error the classifier does not call a
+/// success, `Ignored` included (an open circuit below is exactly when a fallback is wanted).
 ///
 /// Override `classify_error` for other rules, and call [`default_error_outcome`] to keep this one.
 ///

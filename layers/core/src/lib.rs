@@ -10,6 +10,9 @@
 //!   trusted proxies, closures) used by every keyed layer.
 //! - [`classify`]: the [`Classify`] trait deciding whether an outcome was a failure (errors, HTTP 5xx,
 //!   gRPC status in headers or trailers, slow calls), consumed by the breaker, retry and fallback.
+//! - [`deadline`]: the request's [`Deadline`] as an extension and the `grpc-timeout` codec, shared by the
+//!   timeout layer (which records and writes them) and the retry layer (which sends each retry the time
+//!   that is left).
 //! - [`health`]: the [`Health`] handle: components, checks, liveness and readiness reports.
 //! - [`audit`]: the [`Audit`] handle: an append-only, tamper-evident log of state changes.
 //! - [`keymap`]: the bounded per-key state map every keyed layer uses; [`body`]: request/response body
@@ -21,6 +24,7 @@
 //!
 //! [`KeyExtractor`]: key::KeyExtractor
 //! [`Classify`]: classify::Classify
+//! [`Deadline`]: deadline::Deadline
 //! [`Health`]: health::Health
 //! [`Audit`]: audit::Audit
 #![forbid(unsafe_code)]
@@ -30,6 +34,7 @@ pub mod audit;
 pub mod body;
 pub mod classify;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod grpc;
 pub mod health;

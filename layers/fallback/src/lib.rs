@@ -6,7 +6,8 @@
 //! - **Trigger** ([`Trigger`]): which failures activate the fallback — chosen rejection markers from
 //!   layers further in (`Trigger::rejections::<(CircuitOpen, Elapsed)>()`), any error, or whatever a
 //!   classifier judges a failure from the response head (`Trigger::classified(HttpStatus::server_errors())`
-//!   for every 5xx). The default, [`Trigger::unavailable`], fires when the dependency is unavailable
+//!   for every 5xx, and every error the classifier does not call a success — the local refusals it
+//!   ignores, such as `CircuitOpen`, included). The default, [`Trigger::unavailable`], fires when the dependency is unavailable
 //!   (`CircuitOpen`, `Overloaded`, `Shed`, `Elapsed`, transport errors) and never on rejections that are
 //!   the client's to see (`RateLimited`, ...). Anything else is returned untouched: the original error
 //!   (markers intact) or response.

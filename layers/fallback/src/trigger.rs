@@ -154,7 +154,8 @@ impl<Res> Classify<Res> for NoResponses {
 /// let t = Trigger::rejections::<(CircuitOpen, Elapsed)>();
 /// // ... or those, and also any 5xx response:
 /// let t = t.or_responses(HttpStatus::server_errors());
-/// // Any failure the classifier sees (every error, every 5xx):
+/// // Every error the classifier does not call a success (with the default classifiers, every error,
+/// // `CircuitOpen` included) and every response it judges a failure (every 5xx):
 /// let t = Trigger::classified(HttpStatus::server_errors());
 /// # let _ = t;
 /// ```
@@ -232,8 +233,18 @@ impl Trigger {
         Self::errors(vec![ErrorMatch::Fn(Arc::new(f))])
     }
 
-    /// Fires on every outcome `classifier` judges a failure: errors (its `classify_error`) and response
-    /// heads (its `classify_response`, when ready from the head).
+    /// Fires on the errors and response heads `classifier` does not call a success:
+    ///
+    /// - **errors**: every error whose [`classify_error`](Classify::classify_error) is not
+    ///   [`Outcome::Success`] — a failure *or* [`Outcome::Ignored`]. The default `classify_error` of the
+    ///   core classifiers ignores palisade's local refusals ([`CircuitOpen`], [`Overloaded`],
+    ///   `RateLimited`, `Shed`, `ReadOnly`, ...) so that a circuit breaker does not count them against
+    ///   the backend, but a fallback is wanted exactly when the breaker below is open or the bulkhead is
+    ///   full: with those classifiers this trigger fires on **every** error. Narrow it with
+    ///   [`rejections`](Self::rejections) + [`or_responses`](Self::or_responses), or with a classifier
+    ///   whose `classify_error` returns `Success` for the errors to pass through;
+    /// - **responses**: every response head its `classify_response` judges a failure (ready from the
+    ///   head; a verdict deferred to the end of the body does not fire).
     pub fn classified<C>(classifier: C) -> Trigger<C> {
         Trigger {
             errors: vec![ErrorMatch::Classifier],
@@ -277,10 +288,14 @@ impl<C> Trigger<C> {
             ErrorMatch::Marker(f) => f(err),
             ErrorMatch::AnyRejection => Rejection::find(err).is_some(),
             ErrorMatch::NotRejection => Rejection::find(err).is_none(),
+            // Any error the classifier does not call a success, `Ignored` included: the default
+            // classifiers ignore palisade's local refusals (`CircuitOpen`, `Overloaded`, ...) so that
+            // a breaker does not count them, but an open circuit below is exactly when a fallback is
+            // wanted.
             ErrorMatch::Classifier => self
                 .responses
                 .as_ref()
-                .is_some_and(|c| c.classify_error(err).is_failure()),
+                .is_some_and(|c| c.classify_error(err) != Outcome::Success),
             ErrorMatch::Fn(f) => f(err),
         })
     }

@@ -13,7 +13,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use palisade_core::audit::Audit;
-use palisade_core::classify::HttpStatus;
+use palisade_core::classify::{Classified, Classify, Failure, HttpStatus, NoEos, Outcome};
 use palisade_core::error::{self, BoxError, CircuitOpen, Elapsed, Overloaded, RateLimited};
 use palisade_fallback::{
     FallbackCause, FallbackLayer, ReplayBody, StaleIfError, StaticResponse, Trigger, ACTIVATED_KIND,
@@ -188,6 +188,161 @@ async fn classified_trigger_fires_on_5xx_and_errors_not_404() {
     let res = svc.clone().oneshot(get("/")).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(handle.activations(), 2);
+}
+
+/// The default classifiers call palisade's local refusals `Ignored` (a breaker must not count them), yet
+/// a classified trigger must still fire on them: an open circuit below is when a fallback is wanted.
+#[tokio::test]
+async fn classified_trigger_fires_on_local_refusals_the_classifier_ignores() {
+    let classifier = HttpStatus::server_errors();
+    for e in [circuit_open, overloaded] {
+        assert_eq!(
+            <HttpStatus as Classify<Response<()>>>::classify_error(&classifier, &*e()),
+            Outcome::Ignored,
+            "the premise: {}",
+            e()
+        );
+    }
+    let layer = FallbackLayer::builder()
+        .trigger(Trigger::classified(classifier))
+        .static_response(unavailable_page())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let script = Script::new(Next::Ok(StatusCode::OK, "fresh"));
+    let svc = layer.layer(scripted(script.clone()));
+
+    // A success is not touched.
+    let res = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.body().is_inner());
+    assert_eq!(text(res).await, "fresh");
+    assert_eq!(handle.counts().triggered, 0);
+
+    // An open circuit, a full bulkhead (also wrapped in another error) and a plain error all fire it.
+    let wrapped_circuit_open = || -> BoxError { Box::new(Wrapped(circuit_open())) };
+    for (i, e) in [circuit_open, overloaded, wrapped_circuit_open, boom]
+        .into_iter()
+        .enumerate()
+    {
+        script.set(Next::Err(e));
+        let res = svc.clone().oneshot(get("/")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", e());
+        assert_eq!(text(res).await, "served from fallback");
+        assert_eq!(handle.counts().triggered, i as u64 + 1);
+    }
+
+    // And a success after them is still passed through.
+    script.set(Next::Ok(StatusCode::OK, "fresh again"));
+    let res = svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(text(res).await, "fresh again");
+    assert_eq!(handle.activations(), 4);
+}
+
+/// An error wrapping another, to put a marker deeper in the source chain.
+#[derive(Debug)]
+struct Wrapped(BoxError);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "call failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// A classifier whose `classify_error` calls some errors a success: those do not fire the trigger.
+#[derive(Debug, Clone, Copy)]
+struct OverloadIsFine;
+
+impl<B> Classify<Response<B>> for OverloadIsFine {
+    type Eos = NoEos;
+
+    fn classify_response(&self, res: &Response<B>) -> Classified<NoEos> {
+        Classified::Ready(if res.status().is_server_error() {
+            Outcome::Failure(Failure::Status(res.status()))
+        } else {
+            Outcome::Success
+        })
+    }
+
+    fn classify_error(&self, err: &(dyn std::error::Error + 'static)) -> Outcome {
+        if error::is::<Overloaded>(err) {
+            Outcome::Success
+        } else {
+            Outcome::Failure(Failure::Error)
+        }
+    }
+}
+
+#[tokio::test]
+async fn classified_trigger_does_not_fire_on_an_error_classified_a_success() {
+    let layer = FallbackLayer::builder()
+        .trigger(Trigger::classified(OverloadIsFine))
+        .static_response(unavailable_page())
+        .build()
+        .unwrap();
+    let script = Script::new(Next::Err(overloaded));
+    let svc = layer.layer(scripted(script.clone()));
+    let err = svc.clone().oneshot(get("/")).await.unwrap_err();
+    assert!(error::is::<Overloaded>(&*err), "returned untouched: {err}");
+    script.set(Next::Err(circuit_open));
+    let res = svc.oneshot(get("/")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The other triggers match markers directly and never ask a classifier: `Ignored` changes nothing.
+#[test]
+fn marker_triggers_are_unaffected_by_ignored_outcomes() {
+    type Res = Response<()>;
+    let errors: [(&str, BoxError); 6] = [
+        ("circuit open", circuit_open()),
+        ("overloaded", overloaded()),
+        ("elapsed", elapsed()),
+        ("rate limited", rate_limited()),
+        ("plain", boom()),
+        ("wrapped circuit open", Box::new(Wrapped(circuit_open()))),
+    ];
+    let fires = |t: &Trigger| -> Vec<bool> {
+        errors
+            .iter()
+            .map(|(_, e)| t.matches_error::<Res>(&**e))
+            .collect()
+    };
+    assert_eq!(
+        fires(&Trigger::unavailable()),
+        [true, true, true, false, true, true]
+    );
+    assert_eq!(
+        fires(&Trigger::any_rejection()),
+        [true, true, true, true, false, true]
+    );
+    assert_eq!(
+        fires(&Trigger::rejection::<CircuitOpen>()),
+        [true, false, false, false, false, true]
+    );
+    assert_eq!(
+        fires(&Trigger::rejections::<(CircuitOpen, Elapsed)>()),
+        [true, false, true, false, false, true]
+    );
+    assert_eq!(fires(&Trigger::any_error()), [true; 6]);
+    // `rejections(..).or_responses(classifier)` adds responses only, not the classifier's error verdicts.
+    let t = Trigger::rejection::<CircuitOpen>().or_responses(HttpStatus::server_errors());
+    let fired: Vec<bool> = errors
+        .iter()
+        .map(|(_, e)| t.matches_error::<Res>(&**e))
+        .collect();
+    assert_eq!(fired, [true, false, false, false, false, true]);
+    // The classified trigger: every error (the default classifier never calls one a success).
+    let t = Trigger::classified(HttpStatus::server_errors());
+    for (name, e) in &errors {
+        assert!(t.matches_error::<Res>(&**e), "{name}");
+    }
 }
 
 #[tokio::test]

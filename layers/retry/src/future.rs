@@ -14,8 +14,8 @@ use http_body::Body;
 use palisade_core::audit::AuditEvent;
 use palisade_core::body::Collect;
 use palisade_core::classify::Classify;
+use palisade_core::deadline::refresh_grpc_timeout;
 use palisade_core::error::BoxError;
-use palisade_timeout::refresh_grpc_timeout;
 use pin_project_lite::pin_project;
 use tokio::time::{sleep, Sleep};
 use tower_service::Service;
@@ -57,7 +57,7 @@ impl<B> Replay<Request<RetryBody<B>>, BufferBody> for HttpReplay<B> {
         Some(Request::from_parts(self.parts.clone(), body))
     }
 
-    /// The time left of a propagating timeout's [`Deadline`](palisade_timeout::Deadline) (cloned
+    /// The time left of a propagating timeout's [`Deadline`](palisade_core::deadline::Deadline) (cloned
     /// with the extensions) becomes the retry's `grpc-timeout`; past the deadline, the retry fails as
     /// [`Elapsed`](palisade_core::error::Elapsed) instead of being sent.
     fn prepare(&self, req: &mut Request<RetryBody<B>>) -> Result<(), BoxError> {

@@ -92,10 +92,11 @@
 //! # Deadlines
 //!
 //! A total timeout belongs *above* the retry layer, over every attempt and backoff. When it propagates
-//! the deadline to the server ([`propagate_grpc_timeout(true)`] on a `palisade_timeout::TimeoutLayer`),
-//! it writes `grpc-timeout` once and records a [`Deadline`] request extension. Each retry replays the
-//! original request head *with its extensions*, and just before a retry is sent (after the backoff and
-//! `poll_ready`) the layer calls [`refresh_grpc_timeout`]: `grpc-timeout` becomes the time left of that
+//! the deadline to the server (`propagate_grpc_timeout(true)` on the `TimeoutLayer` of
+//! `palisade-timeout`), it writes `grpc-timeout` once and records a [`Deadline`] request extension
+//! (defined in `palisade-core`, so this crate does not depend on the timeout crate). Each retry replays
+//! the original request head *with its extensions*, and just before a retry is sent (after the backoff
+//! and `poll_ready`) the layer calls [`refresh_grpc_timeout`]: `grpc-timeout` becomes the time left of that
 //! deadline (never more than the header already said), so the server of attempt 3 is not promised the
 //! budget attempt 1 had. If the deadline has already passed, the retry is not sent and the request fails
 //! with [`Elapsed`] at once. Without a `Deadline` on the request, retries resend the head unchanged and
@@ -126,9 +127,8 @@
 //! running out is a `warn` event and one [`retry.budget_exhausted`](BUDGET_EXHAUSTED_KIND) record per
 //! episode. [`RetryLayer::handle`] gives the counters.
 //!
-//! [`propagate_grpc_timeout(true)`]: palisade_timeout::TimeoutBuilder::propagate_grpc_timeout
-//! [`Deadline`]: palisade_timeout::Deadline
-//! [`refresh_grpc_timeout`]: palisade_timeout::refresh_grpc_timeout
+//! [`Deadline`]: palisade_core::deadline::Deadline
+//! [`refresh_grpc_timeout`]: palisade_core::deadline::refresh_grpc_timeout
 //! [`Grpc`]: palisade_core::classify::Grpc
 //! [`RateLimited`]: palisade_core::error::RateLimited
 //! [`Overloaded`]: palisade_core::error::Overloaded

@@ -15,10 +15,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use palisade_core::audit::Audit;
 use palisade_core::classify::{ErrorsOnly, HttpStatus};
+use palisade_core::deadline::{encode_grpc_timeout, parse_grpc_timeout, Deadline, GRPC_TIMEOUT};
 use palisade_core::error::{is, BoxError, CircuitOpen, Elapsed, Overloaded, RateLimited};
 use palisade_core::rng::SharedRng;
 use palisade_retry::{Backoff, Budget, BuildError, RetryBody, RetryLayer, GAVE_UP_KIND};
-use palisade_timeout::{Deadline, TimeoutLayer};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -779,12 +779,67 @@ async fn every_retry_drives_poll_ready_first() {
 // ---- deadlines: each retry carries the time that is left ----
 
 /// A total timeout that propagates `grpc-timeout`, as the client preset puts above the retry layer.
-fn total_timeout(budget: Duration) -> TimeoutLayer {
-    TimeoutLayer::builder()
-        .timeout(budget)
-        .propagate_grpc_timeout(true)
-        .build()
-        .unwrap()
+///
+/// This crate does not depend on `palisade-timeout`, so this stands in for its `TimeoutLayer` with
+/// `propagate_grpc_timeout(true)`, doing what that layer does by the contract of
+/// `palisade_core::deadline`: cap the budget by a shorter `grpc-timeout` from the caller, record a
+/// [`Deadline`], write `grpc-timeout`, and fail with [`Elapsed`] when the budget runs out. The real
+/// layer above this one is tested end to end in the umbrella crate (`tests/grpc_stack.rs`).
+#[derive(Clone, Copy)]
+struct TotalTimeout(Duration);
+
+fn total_timeout(budget: Duration) -> TotalTimeout {
+    TotalTimeout(budget)
+}
+
+impl<S> Layer<S> for TotalTimeout {
+    type Service = Propagating<S>;
+
+    fn layer(&self, inner: S) -> Propagating<S> {
+        Propagating {
+            budget: self.0,
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Propagating<S> {
+    budget: Duration,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Propagating<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let caller = req
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        let budget = caller.map_or(self.budget, |c| c.min(self.budget));
+        let deadline =
+            Deadline::from_now(Instant::now(), budget).expect("a representable deadline");
+        req.extensions_mut().insert(deadline);
+        req.headers_mut()
+            .insert(GRPC_TIMEOUT, encode_grpc_timeout(budget));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            tokio::time::timeout(budget, fut)
+                .await
+                .unwrap_or_else(|_| Err(Elapsed::new(budget).into()))
+        })
+    }
 }
 
 fn sent_deadlines(up: &Upstream) -> Vec<Option<String>> {

@@ -149,6 +149,10 @@
 //! sending a `grpc-timeout` of zero. A propagating timeout *below* the retry layer (a per-try timeout)
 //! also honours the `Deadline`, so it never grants more than the total budget has left.
 //!
+//! [`Deadline`], [`refresh_grpc_timeout`] and the `grpc-timeout` codec in [`headers`] are defined in
+//! [`palisade_core::deadline`] and re-exported here: the retry layer uses them from there, without
+//! depending on this crate.
+//!
 //! The cost is paid only with propagation on: one clock read and one extension lookup and insert per
 //! request in the propagating layer, and one lookup, clock read and header rewrite per retry. A layer
 //! without propagation never touches extensions or the clock on the fast path.
@@ -173,9 +177,12 @@ pub mod headers;
 mod layer;
 mod service;
 
-pub use deadline::{refresh_grpc_timeout, Deadline};
+// Defined in `palisade_core::deadline`, so that the retry layer can use them without depending on
+// this crate; re-exported here, where users of the timeout layer look for them.
 pub use future::ResponseFuture;
 pub use layer::{
     BuildError, NoOverride, OverrideTimeout, TimeoutBuilder, TimeoutLayer, TimeoutOverride,
 };
+#[doc(inline)]
+pub use palisade_core::deadline::{refresh_grpc_timeout, Deadline};
 pub use service::Timeout;
