@@ -19,6 +19,12 @@ use tower_service::Service;
 ///
 /// The cost when absent is one branch on an enum per call and per body frame.
 ///
+/// The price is paid at compile time: a `MaybeBody` names both branches' body types, and the layer's
+/// branch contains the inner one, so each `Maybe` doubles the written-out size of the response body type.
+/// The seven slots of a configured [`ServerStack`](super::ServerStack) build comfortably; nesting further
+/// `Maybe`s around a configured stack (one per route, say) can make rustc's debug info for those names
+/// very large — prefer a layer configured to do nothing (e.g. an idempotency layer for no methods) there.
+///
 /// ```
 /// use palisade::stack::Maybe;
 /// use palisade::timeout::TimeoutLayer;
