@@ -159,6 +159,23 @@ fn server_stack(c: &mut Criterion) {
             black_box(common::call(&mut palisade, req(&keys, i)))
         })
     });
+    // What axum and hyper-util do per request: clone the service, call the clone, drop it.
+    let bare_proto = ok_service();
+    g.bench_function("bare_clone_per_request", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let mut svc = bare_proto.clone();
+            black_box(common::call(&mut svc, req(&keys, i)))
+        })
+    });
+    let palisade_proto = palisade.clone();
+    g.bench_function("palisade_clone_per_request", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let mut svc = palisade_proto.clone();
+            black_box(common::call(&mut svc, req(&keys, i)))
+        })
+    });
 
     // What a config file produces: every slot an `Option`, here all `Some`.
     let maybe = ServerStack::builder()
