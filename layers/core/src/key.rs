@@ -121,6 +121,12 @@ impl KeyError {
         &self.kind
     }
 
+    /// Whether the key's source is absent ([`KeyErrorKind::Missing`]), as opposed to present but malformed
+    /// (too long, empty, invalid bytes, repeated). Keyed layers treat the two differently: see [`MalformedKey`].
+    pub fn is_missing(&self) -> bool {
+        matches!(self.kind, KeyErrorKind::Missing)
+    }
+
     /// Where the key was looked for, e.g. ``header `x-tenant-id` ``.
     pub fn from(&self) -> &str {
         &self.from
@@ -144,6 +150,48 @@ impl fmt::Display for KeyError {
 }
 
 impl Error for KeyError {}
+
+/// What a keyed layer does with a key that is **present but malformed** (too long, empty, control or
+/// non-ASCII bytes, a repeated header, an unparseable `X-Forwarded-For` hop).
+///
+/// Missing and malformed are different decisions. A missing key is an ordinary request from a client that
+/// has none (each layer's missing-key policy decides: share an anonymous bucket, or refuse). A malformed key
+/// is a client sending something it should not — and if it were pooled with the keyless requests, a tenant
+/// at its cap could leave its own bucket simply by sending garbage. So every keyed layer (rate limit,
+/// bulkhead, idempotency scope) refuses a malformed key with its [`KeyError`] (`400 Bad Request` through
+/// the rescue layer) by default, whatever its missing-key policy says.
+///
+/// ```
+/// use http::Request;
+/// use palisade_core::key::{HeaderKey, KeyExtractor, MalformedKey};
+///
+/// let tenant = HeaderKey::from_static("x-tenant-id").max_len(8);
+/// let long = Request::get("/").header("x-tenant-id", "a".repeat(9)).body(()).unwrap();
+/// let err = tenant.extract(&long).unwrap_err();
+/// assert!(!err.is_missing());
+/// assert!(!MalformedKey::Reject.as_missing(&err)); // the default: refused with 400
+/// assert!(MalformedKey::AsMissing.as_missing(&err)); // opt-in: handled like a missing key
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MalformedKey {
+    /// Refuse the request with the extractor's [`KeyError`] (`400`). The default.
+    #[default]
+    Reject,
+    /// Handle it exactly like a missing key, by the layer's missing-key policy (under an "anonymous"
+    /// policy, the request joins the anonymous bucket). An explicit opt-in for deployments whose keys are
+    /// not under the clients' control — it lets any client choose the anonymous bucket over its own.
+    AsMissing,
+}
+
+impl MalformedKey {
+    /// Whether a request whose extraction failed with `err` is handled by the layer's missing-key policy
+    /// (`true`: the key is missing, or malformed under [`MalformedKey::AsMissing`]) or refused with `err`.
+    #[inline]
+    pub fn as_missing(self, err: &KeyError) -> bool {
+        err.is_missing() || self == MalformedKey::AsMissing
+    }
+}
 
 /// The key is one request header.
 ///
@@ -331,9 +379,12 @@ impl<B> KeyExtractor<Request<B>> for PeerIp {
 /// If every hop is trusted, the leftmost is used. Multiple `X-Forwarded-For` headers are read as one list,
 /// in order.
 ///
-/// A malformed hop reached during the walk (not an IP address) is an error: it was written by the client or
-/// by an untrusted hop, and guessing past it would let the client pick its key. At most
-/// [`max_hops`](ClientIp::max_hops) hops are read (default 16); a longer chain is refused.
+/// Only the hops the walk reaches decide the key: whatever lies left of the first untrusted hop (the client's
+/// own part of the header) is never read, so bytes there — garbage, non-ASCII, control characters — cannot
+/// make extraction fail and move the client out of its bucket. A malformed hop reached during the walk (not
+/// an IP address) is an error ([`KeyErrorKind::Invalid`], refused as malformed by the keyed layers): it was
+/// written by a trusted proxy's client side, and guessing past it would let the client pick its key. At
+/// most [`max_hops`](ClientIp::max_hops) hops are read (default 16); a chain that needs more is refused.
 ///
 /// Hops may be bare addresses (`192.0.2.1`, `2001:db8::1`) or carry a port (`192.0.2.1:4711`,
 /// `[2001:db8::1]:4711`). The RFC 7239 `Forwarded` header is not read.
@@ -398,11 +449,11 @@ impl<B> KeyExtractor<Request<B>> for ClientIp {
         let mut leftmost = peer;
         let mut hops = 0usize;
         for value in req.headers().get_all(XFF).iter().rev() {
-            let value = value.to_str().map_err(|_| {
-                KeyError::invalid(XFF_FROM, "must contain only visible ASCII characters")
-            })?;
-            for hop in value.rsplit(',') {
-                let hop = hop.trim();
+            // Split the raw bytes, not a `&str` of the whole value: bytes left of the hop the walk stops at were
+            // written by the client (or an untrusted hop) and must not decide anything — not even by being
+            // invalid UTF-8 or control characters that would make the whole value unreadable.
+            for hop in value.as_bytes().rsplit(|&b| b == b',') {
+                let hop = hop.trim_ascii();
                 if hop.is_empty() {
                     continue;
                 }
@@ -413,9 +464,12 @@ impl<B> KeyExtractor<Request<B>> for ClientIp {
                         format!("has more than {} hops", self.max_hops),
                     ));
                 }
-                let ip = parse_hop(hop).ok_or_else(|| {
-                    KeyError::invalid(XFF_FROM, "has a hop that is not an IP address")
-                })?;
+                let ip = std::str::from_utf8(hop)
+                    .ok()
+                    .and_then(parse_hop)
+                    .ok_or_else(|| {
+                        KeyError::invalid(XFF_FROM, "has a hop that is not an IP address")
+                    })?;
                 if !self.is_trusted(ip) {
                     return Ok(ip);
                 }

@@ -281,3 +281,80 @@ fn closures_are_extractors() {
         .unwrap_err();
     assert_eq!(err.to_string(), "invalid key: query has no tenant");
 }
+
+fn with_raw_xff(peer: &str, values: &[&[u8]]) -> Request<()> {
+    let mut req = req_from(peer, &[]);
+    for v in values {
+        req.headers_mut()
+            .append("x-forwarded-for", HeaderValue::from_bytes(v).unwrap());
+    }
+    req
+}
+
+#[test]
+fn bytes_left_of_the_client_hop_never_decide_the_key() {
+    // Issue 12, item 1: the client's own part of the header (left of the hop the walk stops at) may hold
+    // anything; the key is still the first untrusted hop from the right.
+    let k = ClientIp::trusting(["10.0.0.0/8"]).unwrap();
+    for raw in [
+        &b"\xff, 203.0.113.7"[..],
+        b"\tgarbage\x80, 203.0.113.7",
+        b"not-an-ip, also bad, 203.0.113.7",
+        b"\xc3\xa9\xff\xfe,203.0.113.7, 10.1.2.3",
+    ] {
+        let req = with_raw_xff("10.0.0.1:5000", &[raw]);
+        assert_eq!(
+            k.extract(&req).unwrap(),
+            ip("203.0.113.7"),
+            "{}",
+            raw.escape_ascii()
+        );
+    }
+    // Also across several header lines: an unreadable earlier line is never reached.
+    let req = with_raw_xff("10.0.0.1:5000", &[b"\xff\xfe", b"203.0.113.7"]);
+    assert_eq!(k.extract(&req).unwrap(), ip("203.0.113.7"));
+    // Hops beyond the client's do not count toward max_hops either.
+    let k2 = ClientIp::trusting(["10.0.0.0/8"]).unwrap().max_hops(2);
+    let many = format!("{}203.0.113.7, 10.9.9.9", "1.1.1.1, ".repeat(20));
+    let req = with_raw_xff("10.0.0.1:5000", &[many.as_bytes()]);
+    assert_eq!(k2.extract(&req).unwrap(), ip("203.0.113.7"));
+}
+
+#[test]
+fn a_malformed_hop_the_walk_reaches_is_still_an_invalid_key() {
+    let k = ClientIp::trusting(["10.0.0.0/8"]).unwrap();
+    // The hop the trusted proxy appended is unreadable: refused as malformed, never guessed past.
+    for raw in [&b"203.0.113.7, \xff"[..], b"203.0.113.7, 10.0.0.5, 1.2.3\x80.4"] {
+        let req = with_raw_xff("10.0.0.1:5000", &[raw]);
+        let err = k.extract(&req).unwrap_err();
+        assert!(!err.is_missing(), "{err}");
+        assert!(err.to_string().contains("not an IP address"), "{err}");
+    }
+}
+
+#[test]
+fn missing_and_malformed_are_told_apart() {
+    use palisade_core::key::MalformedKey;
+    let tenant = HeaderKey::from_static("x-tenant-id").max_len(8);
+    let missing = tenant
+        .extract(&Request::get("/").body(()).unwrap())
+        .unwrap_err();
+    assert!(missing.is_missing());
+    let twice = Request::get("/")
+        .header("x-tenant-id", "a")
+        .header("x-tenant-id", "b")
+        .body(())
+        .unwrap();
+    let long = Request::get("/")
+        .header("x-tenant-id", "abcdefghi")
+        .body(())
+        .unwrap();
+    let empty = Request::get("/").header("x-tenant-id", "").body(()).unwrap();
+    for req in [twice, long, empty] {
+        let err = tenant.extract(&req).unwrap_err();
+        assert!(!err.is_missing(), "{err}");
+        assert!(!MalformedKey::default().as_missing(&err));
+        assert!(MalformedKey::AsMissing.as_missing(&err));
+    }
+    assert!(MalformedKey::Reject.as_missing(&missing));
+}
