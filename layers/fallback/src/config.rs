@@ -11,11 +11,17 @@ use palisade_core::audit::Audit;
 use crate::handle::Activity;
 use crate::kind::{Alternate, Kind, RespondWith, Stale, StaticResponse};
 use crate::service::{FallbackLayer, Shared};
-use crate::stale::{StaleIfError, StaleKey, Store};
+use crate::stale::{
+    StaleIfError, StaleKey, Store, MAX_STALE_BYTES, MAX_STALE_ENTRIES, MAX_STALE_ENTRY_BYTES,
+};
 use crate::trigger::{FallbackCause, NoResponses, Trigger};
 
 /// Default [`max_body`](Builder::max_body): 64 KiB.
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
+
+/// The largest [`max_body`](Builder::max_body) `build()` accepts: 16 MiB. Every request in flight
+/// through an alternate fallback may hold a buffer this large.
+pub const MAX_BODY_LIMIT: u64 = 16 * 1024 * 1024;
 
 pub use palisade_core::config::BuildError;
 
@@ -85,8 +91,9 @@ impl<K, C> Builder<K, C> {
         self
     }
 
-    /// The alternate-service kind buffers request bodies up to `bytes` (default 64 KiB); requests with
-    /// larger bodies get no fallback. Ignored by the other kinds.
+    /// The alternate-service kind buffers request bodies up to `bytes` (default 64 KiB; at most
+    /// [`MAX_BODY_LIMIT`], checked by every kind's `build()`); requests with larger bodies get no
+    /// fallback. Ignored otherwise by the other kinds.
     pub fn max_body(mut self, bytes: u64) -> Self {
         self.max_body = bytes;
         self
@@ -143,9 +150,20 @@ impl<K, C> Builder<K, C> {
         (b, kind)
     }
 
-    fn check_name(&self) -> Result<(), BuildError> {
+    /// The settings every kind has: the name and `max_body`.
+    fn check_common(&self) -> Result<(), BuildError> {
         if self.name.is_empty() {
             return Err(BuildError::new(LAYER, "name", "must not be empty"));
+        }
+        if self.max_body > MAX_BODY_LIMIT {
+            return Err(BuildError::new(
+                LAYER,
+                "max_body",
+                format!(
+                    "must be at most {MAX_BODY_LIMIT} bytes, got {}",
+                    self.max_body
+                ),
+            ));
         }
         Ok(())
     }
@@ -172,9 +190,9 @@ impl<C> Builder<StaticResponse, C> {
     ///
     /// # Errors
     ///
-    /// The name is empty.
+    /// The name is empty, or `max_body` is above [`MAX_BODY_LIMIT`].
     pub fn build(self) -> Result<FallbackLayer<StaticResponse, C>, BuildError> {
-        self.check_name()?;
+        self.check_common()?;
         let (b, kind) = self.split();
         Ok(b.finish(kind, StaticResponse::NAME, None))
     }
@@ -188,9 +206,9 @@ where
     ///
     /// # Errors
     ///
-    /// The name is empty.
+    /// The name is empty, or `max_body` is above [`MAX_BODY_LIMIT`].
     pub fn build(self) -> Result<FallbackLayer<RespondWith<F>, C>, BuildError> {
-        self.check_name()?;
+        self.check_common()?;
         let (b, kind) = self.split();
         Ok(b.finish(kind, RespondWith::<F>::NAME, None))
     }
@@ -201,9 +219,9 @@ impl<A, C> Builder<Alternate<A>, C> {
     ///
     /// # Errors
     ///
-    /// The name is empty.
+    /// The name is empty, or `max_body` is above [`MAX_BODY_LIMIT`].
     pub fn build(self) -> Result<FallbackLayer<Alternate<A>, C>, BuildError> {
-        self.check_name()?;
+        self.check_common()?;
         let (b, kind) = self.split();
         Ok(b.finish(kind, "alternate", None))
     }
@@ -214,11 +232,30 @@ impl<KF: StaleKey, C> Builder<StaleIfError<KF>, C> {
     ///
     /// # Errors
     ///
-    /// The name is empty; `max_entries`, `max_bytes`, `max_entry_bytes` or `max_age` is zero; or
+    /// The name is empty; `max_body` is above [`MAX_BODY_LIMIT`]; `max_entries`, `max_bytes`,
+    /// `max_entry_bytes` or `max_age` is zero; `max_entries`, `max_bytes` or `max_entry_bytes` is above
+    /// its maximum ([`MAX_STALE_ENTRIES`], [`MAX_STALE_BYTES`], [`MAX_STALE_ENTRY_BYTES`]); or
     /// `max_entry_bytes` is larger than `max_bytes`.
     pub fn build(self) -> Result<FallbackLayer<Stale<KF>, C>, BuildError> {
-        self.check_name()?;
+        self.check_common()?;
         let cfg = &self.kind;
+        for (setting, value, max) in [
+            ("max_entries", cfg.max_entries, MAX_STALE_ENTRIES),
+            ("max_bytes", cfg.max_bytes, MAX_STALE_BYTES),
+            (
+                "max_entry_bytes",
+                cfg.max_entry_bytes,
+                MAX_STALE_ENTRY_BYTES,
+            ),
+        ] {
+            if value > max {
+                return Err(BuildError::new(
+                    LAYER,
+                    setting,
+                    format!("must be at most {max}, got {value}"),
+                ));
+            }
+        }
         if cfg.max_entries == 0 {
             return Err(BuildError::new(LAYER, "max_entries", "must be at least 1"));
         }

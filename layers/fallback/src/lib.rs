@@ -17,7 +17,7 @@
 //!     Clones the request's method, URI, version and headers before the call.
 //!   - [`alternate`](Builder::alternate): the same request (method, URI, headers, body) sent to a second
 //!     service (another region, a replica). Reads the request body into memory first, up to
-//!     [`max_body`](Builder::max_body); a larger body gets no fallback.
+//!     [`max_body`](Builder::max_body) (at most [`MAX_BODY_LIMIT`]); a larger body gets no fallback.
 //!   - [`stale_if_error`](Builder::stale_if_error): for `GET`, the last good response to the same key,
 //!     with `Age`, `Warning: 110 - "Response is Stale"` and `x-palisade-stale: true`, from a store bounded
 //!     in entries, bytes and age. Copies successful `GET` response bodies into the store as they stream.
@@ -134,11 +134,14 @@ mod stale;
 mod trigger;
 
 pub use body::{FallbackBody, NoBody, ReplayBody};
-pub use config::{BuildError, Builder, NoKind, DEFAULT_MAX_BODY};
+pub use config::{BuildError, Builder, NoKind, DEFAULT_MAX_BODY, MAX_BODY_LIMIT};
 pub use future::{AlternateFuture, ResponseFuture};
 pub use handle::{Counts, FallbackHandle, ACTIVATED_KIND};
 pub use kind::{Alternate, Kind, RespondWith, Stale, StaticResponse};
 pub use palisade_core::error::BoxError;
 pub use service::{Fallback, FallbackLayer};
-pub use stale::{DefaultKey, StaleIfError, StaleKey, STALE_HEADER, STALE_WARNING};
+pub use stale::{
+    DefaultKey, StaleIfError, StaleKey, MAX_STALE_BYTES, MAX_STALE_ENTRIES, MAX_STALE_ENTRY_BYTES,
+    STALE_HEADER, STALE_WARNING,
+};
 pub use trigger::{FallbackCause, Markers, NoResponses, Trigger};

@@ -60,10 +60,21 @@ where
     }
 }
 
+/// The largest [`max_entries`](StaleIfError::max_entries) `build()` accepts: 1,000,000.
+pub const MAX_STALE_ENTRIES: usize = 1_000_000;
+
+/// The largest [`max_bytes`](StaleIfError::max_bytes) `build()` accepts: 1 GiB.
+pub const MAX_STALE_BYTES: usize = 1 << 30;
+
+/// The largest [`max_entry_bytes`](StaleIfError::max_entry_bytes) `build()` accepts: 16 MiB (every
+/// successful `GET` response in flight may hold a copy this large while it streams).
+pub const MAX_STALE_ENTRY_BYTES: usize = 16 << 20;
+
 /// Configuration of the stale-if-error kind: serve the last good response to the same `GET`.
 ///
 /// Defaults: 1 024 entries, 16 MiB in all, 256 KiB per response, served up to 5 minutes after it was
-/// stored; key [`DefaultKey`].
+/// stored; key [`DefaultKey`]. At most [`MAX_STALE_ENTRIES`] entries, [`MAX_STALE_BYTES`] in all and
+/// [`MAX_STALE_ENTRY_BYTES`] per response: `build()` refuses more.
 ///
 /// **Cost.** Every `GET` computes its key (the default allocates one `String`), and every successful
 /// `GET` response that may be stored has its head cloned and its body copied into memory as it streams
@@ -117,20 +128,21 @@ impl StaleIfError {
 }
 
 impl<K> StaleIfError<K> {
-    /// At most `n` responses are kept; the oldest is evicted first.
+    /// At most `n` responses are kept (at most [`MAX_STALE_ENTRIES`]); the oldest is evicted first.
     pub fn max_entries(mut self, n: usize) -> Self {
         self.max_entries = n;
         self
     }
 
-    /// At most `bytes` are kept in all (bodies, headers and keys); the oldest entries are evicted first.
+    /// At most `bytes` are kept in all (bodies, headers and keys; at most [`MAX_STALE_BYTES`]); the
+    /// oldest entries are evicted first.
     pub fn max_bytes(mut self, bytes: usize) -> Self {
         self.max_bytes = bytes;
         self
     }
 
-    /// A response whose body is larger than `bytes` is not stored (it streams through untouched once
-    /// over; what was copied is dropped).
+    /// A response whose body is larger than `bytes` (at most [`MAX_STALE_ENTRY_BYTES`]) is not stored
+    /// (it streams through untouched once over; what was copied is dropped).
     pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
         self.max_entry_bytes = bytes;
         self

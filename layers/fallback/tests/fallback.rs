@@ -1041,3 +1041,72 @@ fn header_name_constant_is_lowercase() {
         HeaderName::from_static("x-palisade-stale")
     );
 }
+
+/// Every size the builder takes has a documented maximum; above it, `build()` refuses and names it.
+#[test]
+fn sizes_above_their_documented_maximum_are_refused() {
+    use palisade_fallback::{
+        MAX_BODY_LIMIT, MAX_STALE_BYTES, MAX_STALE_ENTRIES, MAX_STALE_ENTRY_BYTES,
+    };
+    let inner = service_fn(|_req: Request<ReplayBody<Empty<Bytes>>>| async {
+        Ok::<_, BoxError>(Response::new(Empty::<Bytes>::new()))
+    });
+
+    // The alternate kind's request buffer, one per request in flight; refused for every kind.
+    assert!(FallbackLayer::builder()
+        .max_body(MAX_BODY_LIMIT)
+        .alternate(inner)
+        .build()
+        .is_ok());
+    for bytes in [MAX_BODY_LIMIT + 1, u64::MAX] {
+        let err = FallbackLayer::builder()
+            .max_body(bytes)
+            .alternate(inner)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "max_body");
+        assert!(err.problem().contains(&MAX_BODY_LIMIT.to_string()), "{err}");
+        let err = FallbackLayer::builder()
+            .max_body(bytes)
+            .static_response(unavailable_page())
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "max_body");
+    }
+
+    // The stale store.
+    let at_most = StaleIfError::new()
+        .max_entries(MAX_STALE_ENTRIES)
+        .max_bytes(MAX_STALE_BYTES)
+        .max_entry_bytes(MAX_STALE_ENTRY_BYTES);
+    assert!(FallbackLayer::builder()
+        .stale_if_error(at_most)
+        .build()
+        .is_ok());
+    let cases = [
+        (
+            StaleIfError::new().max_entries(MAX_STALE_ENTRIES + 1),
+            "max_entries",
+        ),
+        (StaleIfError::new().max_entries(usize::MAX), "max_entries"),
+        (
+            StaleIfError::new().max_bytes(MAX_STALE_BYTES + 1),
+            "max_bytes",
+        ),
+        (StaleIfError::new().max_bytes(usize::MAX), "max_bytes"),
+        (
+            StaleIfError::new()
+                .max_bytes(MAX_STALE_BYTES)
+                .max_entry_bytes(MAX_STALE_ENTRY_BYTES + 1),
+            "max_entry_bytes",
+        ),
+    ];
+    for (config, setting) in cases {
+        let err = FallbackLayer::builder()
+            .stale_if_error(config)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), setting, "{err}");
+        assert!(err.problem().contains("at most"), "{err}");
+    }
+}

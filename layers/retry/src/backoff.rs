@@ -25,6 +25,9 @@ pub const DEFAULT_JITTER: Duration = Duration::from_secs(1);
 /// A retry hint from the service (`Retry-After`, [`RateLimited::retry_after`], ...) can lengthen a delay
 /// but never shortens it below the backoff.
 ///
+/// The maximum (or cap) and the jitter may be at most [`MAX_DELAY`](crate::MAX_DELAY) (1 hour), and
+/// the base at most the maximum; [`RetryBuilder::build`](crate::RetryBuilder::build) refuses others.
+///
 /// [`RateLimited::retry_after`]: palisade_core::error::RateLimited::retry_after
 ///
 /// ```
@@ -120,7 +123,15 @@ impl Backoff {
                 return Err(crate::BuildError::ZeroDecorrelatedBase);
             }
         }
-        Ok(())
+        let too_long = |setting, delay: Duration| {
+            if delay > crate::MAX_DELAY {
+                Err(crate::BuildError::DelayTooLong { setting, delay })
+            } else {
+                Ok(())
+            }
+        };
+        too_long("backoff", self.max())?;
+        too_long("jitter", self.jitter_bound())
     }
 
     /// The delay before retry number `retry` (0 for the first retry); `prev` is the previous delay

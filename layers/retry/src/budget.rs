@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use crate::BuildError;
 
-/// A retry budget: over any `window`, retries may be at most `ratio × requests + min_per_sec × window`.
+/// A retry budget: a retry is allowed while the retries of the last `window` (it included) stay within
+/// `ratio × requests + min_per_sec × window`, counting the requests of the same seconds.
 ///
 /// Like Finagle's and tower's `TpsBudget`, every request through the layer deposits `ratio` of a retry,
 /// and every retry withdraws one; `min_per_sec` keeps a floor for services that see few requests. Once the
@@ -18,8 +19,13 @@ use crate::BuildError;
 /// The budget belongs to the layer: every service the layer makes (every route, every clone) draws from
 /// the same one. It is lock-free: per-second buckets in atomics. To keep the clock off the success path,
 /// requests are counted with one atomic increment and attributed to their second in batches of
-/// 64 (and before every retry decision), so a budget may allow up to `64 × ratio` retries more than an
-/// exact count.
+/// 64 (and before every retry decision): at most 63 requests of an earlier second are attributed to a
+/// later one, so over a window a budget may allow up to `63 × ratio` retries more than an exact count.
+///
+/// The ratio is used as given, in double precision, not rounded to a fixed point: `0.0015` allows 3
+/// retries per 2,000 requests and `0.0001` one per 10,000. Apart from the slack above, the retries
+/// granted over a window are `⌊ratio × requests + min_per_sec × window⌋`, the product rounded once (so
+/// `0.3 × 1000` is 300 although the `f64` nearest to 0.3 is slightly below it).
 ///
 /// Default: `Budget::new(0.2, 10, 10 s)` (tower's default: 20 % of requests, at least 10 retries a second).
 ///
@@ -104,11 +110,9 @@ impl Budget {
                 .collect(),
             start: Instant::now(),
             flushed: AtomicU64::new(0),
-            // Integer arithmetic in thousandths of a retry.
-            ratio_milli: (l.ratio * 1000.0).round() as u64,
-            reserve_milli: u64::from(l.min_per_sec)
-                .saturating_mul(secs)
-                .saturating_mul(1000),
+            ratio: l.ratio,
+            // At most 2^32 × 60: exact as an `f64`.
+            reserve: (u64::from(l.min_per_sec) * secs) as f64,
         }))
     }
 }
@@ -139,8 +143,10 @@ pub(crate) struct BudgetState {
     start: Instant,
     /// How many of the layer's `requests` have been attributed to a bucket.
     flushed: AtomicU64,
-    ratio_milli: u64,
-    reserve_milli: u64,
+    /// The ratio as given: not rounded to a fixed point (see [`Budget`]).
+    ratio: f64,
+    /// `min_per_sec × window`, in retries.
+    reserve: f64,
 }
 
 const fn pack(sec: u32, count: u32) -> u64 {
@@ -219,10 +225,11 @@ impl BudgetState {
                     retries += u64::from(n);
                 }
             }
-            let allowed = requests
-                .saturating_mul(self.ratio_milli)
-                .saturating_add(self.reserve_milli);
-            if (retries + 1).saturating_mul(1000) > allowed {
+            // Both counts are below 2^53 (60 buckets of at most 2^32), so they are exact as `f64`, and
+            // the product is the exact one correctly rounded: a retry is allowed only while
+            // `retries + 1 ≤ ratio × requests + reserve`.
+            let allowed = self.ratio.mul_add(requests as f64, self.reserve);
+            if (retries + 1) as f64 > allowed {
                 return false;
             }
             let (b, n) = unpack(own_retries);
@@ -306,6 +313,139 @@ mod tests {
         b.flush(&requests, Instant::now());
         tokio::time::advance(secs(2)).await;
         assert!(!b.try_withdraw(&requests, Instant::now()));
+    }
+
+    /// The ratios of the sweeps: decimal ones as users write them (`0.0015` was rounded to `0.002`,
+    /// anything under `0.0005` to zero), thirds, the extremes, and pseudo-random ones over nine orders
+    /// of magnitude.
+    fn ratios() -> Vec<f64> {
+        let mut ratios = vec![
+            0.0,
+            1e-6,
+            0.0001,
+            0.0004,
+            0.000_499,
+            0.0005,
+            0.001,
+            0.0015,
+            0.0025,
+            0.01,
+            0.1,
+            0.2,
+            0.25,
+            0.3,
+            1.0 / 3.0,
+            2.0 / 3.0,
+            0.7,
+            1.0,
+            1.5,
+            3.999,
+            999.9999,
+            1000.0,
+        ];
+        let rng = palisade_core::rng::SharedRng::seeded(8);
+        ratios.extend((0..40).map(|_| 10f64.powf(rng.next_f64() * 9.0 - 6.0)));
+        ratios
+    }
+
+    /// The most a budget may grant for `requests` (exact arithmetic would give this; `slack` requests
+    /// are the documented batching allowance).
+    fn bound(ratio: f64, requests: u64, reserve: u64) -> f64 {
+        ratio * requests as f64 + reserve as f64
+    }
+
+    /// Deterministic sweep (the crate has no proptest): with every request attributed, a budget grants
+    /// exactly `⌊ratio × requests + min_per_sec × window⌋` retries — never more, and not fewer.
+    #[tokio::test(start_paused = true)]
+    async fn ratio_is_kept_exactly() {
+        let rng = palisade_core::rng::SharedRng::seeded(3);
+        for ratio in ratios() {
+            for requests in [
+                0u64, 1, 7, 63, 64, 999, 1000, 1001, 12_345, 100_000, 1_000_000,
+            ] {
+                let min_per_sec = rng.below(3) as u32;
+                let window = 1 + rng.below(60);
+                let reserve = u64::from(min_per_sec) * window;
+                let exact = bound(ratio, requests, reserve);
+                if exact > 5_000.0 {
+                    continue;
+                }
+                let b = Budget::new(ratio, min_per_sec, secs(window))
+                    .build()
+                    .unwrap()
+                    .unwrap();
+                let counter = AtomicU64::new(requests);
+                let mut granted = 0u64;
+                while b.try_withdraw(&counter, Instant::now()) {
+                    granted += 1;
+                }
+                let case = format!(
+                    "ratio {ratio}, {requests} requests, {min_per_sec}/s over {window} s: \
+                     granted {granted}, exact bound {exact}"
+                );
+                assert!(granted as f64 <= exact * (1.0 + 1e-12), "over: {case}");
+                assert!(
+                    granted as f64 > exact * (1.0 - 1e-12) - 1.0,
+                    "under: {case}"
+                );
+            }
+        }
+    }
+
+    /// Deterministic sweep through the layer's own counting (batched flushes): whenever a retry is
+    /// granted, the retries of the last `window` seconds (it included) are within `ratio × (requests +
+    /// 63) + min_per_sec × window` of the requests counted in those seconds so far — the slack being the
+    /// at most 63 requests of an earlier second attributed to a later one.
+    #[tokio::test(start_paused = true)]
+    async fn windows_never_exceed_ratio_plus_slack() {
+        use crate::layer::Stats;
+        use palisade_core::audit::Audit;
+
+        let rng = palisade_core::rng::SharedRng::seeded(11);
+        let audit = Audit::disabled();
+        for ratio in ratios().into_iter().filter(|r| *r <= 5.0) {
+            let min_per_sec = rng.below(2) as u32;
+            let window = 1 + rng.below(5);
+            let w = window as usize;
+            let reserve = u64::from(min_per_sec) * window;
+            let stats = Stats {
+                budget: Budget::new(ratio, min_per_sec, secs(window))
+                    .build()
+                    .unwrap(),
+                ..Stats::default()
+            };
+            let start = Instant::now();
+            // Per whole second since start: requests counted, retries granted.
+            let (mut counted, mut granted) = (vec![0u64; 20], vec![0u64; 20]);
+            let mut total = 0;
+            for tick in 0..200u64 {
+                let sec = (Instant::now() - start).as_secs() as usize;
+                for _ in 0..rng.below(150) {
+                    stats.count_request();
+                    counted[sec] += 1;
+                }
+                // Failure storms in some ticks, quiet in others.
+                let asks = if tick % 7 < 3 { rng.below(40) } else { 0 };
+                for _ in 0..asks {
+                    if !stats.withdraw(&audit) {
+                        continue;
+                    }
+                    granted[sec] += 1;
+                    total += 1;
+                    let from = (sec + 1).saturating_sub(w);
+                    let requests: u64 = counted[from..=sec].iter().sum();
+                    let retries: u64 = granted[from..=sec].iter().sum();
+                    let allowed = bound(ratio, requests + 63, reserve);
+                    assert!(
+                        retries as f64 <= allowed * (1.0 + 1e-12),
+                        "ratio {ratio}, {window} s window at second {sec}: {retries} retries \
+                         for {requests} requests (allowed {allowed})"
+                    );
+                }
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            assert!(ratio < 0.001 || total > 0, "ratio {ratio}: nothing granted");
+        }
     }
 
     #[test]

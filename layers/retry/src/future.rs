@@ -21,8 +21,46 @@ use tokio::time::{sleep, Sleep};
 use tower_service::Service;
 
 use crate::layer::{BufferBody, CloneWith, Shared, GAVE_UP_KIND};
-use crate::policy::{judge_error, judge_response, RetryHint};
+use crate::policy::{judge_error, judge_response, Reason, RetryHint, Retryable};
 use crate::RetryBody;
+
+/// The verdict on an attempt's outcome: why it would be retried, and the service's hint; `None` if it
+/// is not to be retried.
+fn verdict<C, R, Res>(shared: &Shared<C, R>, result: &Result<Res, BoxError>) -> Option<Retryable>
+where
+    C: Classify<Res>,
+    Res: RetryHint,
+{
+    match result {
+        Ok(res) => judge_response(&shared.classify, res),
+        Err(e) => judge_error::<C, Res>(&shared.classify, &**e, shared.retry_timeouts),
+    }
+}
+
+/// Counts, logs and audits a retryable failure after which the attempt limit allows no other attempt.
+fn give_up<C, R>(
+    shared: &Shared<C, R>,
+    attempts: u32,
+    reason: Reason,
+    describe: impl FnOnce(AuditEvent) -> AuditEvent,
+) {
+    shared.stats.gave_up.fetch_add(1, Relaxed);
+    tracing::warn!(attempts, last = %reason, "retry: giving up");
+    shared.audit.record_with(|| {
+        describe(
+            AuditEvent::new(GAVE_UP_KIND)
+                .detail("attempts", attempts)
+                .detail("last", reason.to_string()),
+        )
+    });
+}
+
+/// Adds the method and path of a request to an audit event.
+fn describe_http(event: AuditEvent, method: &http::Method, uri: &http::Uri) -> AuditEvent {
+    event
+        .detail("method", method.as_str())
+        .detail("path", uri.path())
+}
 
 /// Produces the request for each retry.
 pub(crate) trait Replay<Req, R> {
@@ -71,9 +109,7 @@ impl<B> Replay<Request<RetryBody<B>>, BufferBody> for HttpReplay<B> {
     }
 
     fn describe(&self, event: AuditEvent) -> AuditEvent {
-        event
-            .detail("method", self.parts.method.as_str())
-            .detail("path", self.parts.uri.path())
+        describe_http(event, &self.parts.method, &self.parts.uri)
     }
 }
 
@@ -156,28 +192,13 @@ where
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx)).map_err(Into::into);
                     let shared = &**this.shared;
-                    let verdict = match &result {
-                        Ok(res) => judge_response(&shared.classify, res),
-                        Err(e) => judge_error::<C, S::Response>(
-                            &shared.classify,
-                            &**e,
-                            shared.retry_timeouts,
-                        ),
-                    };
-                    let Some((reason, hint)) = verdict else {
+                    let Some((reason, hint)) = verdict(shared, &result) else {
                         return Poll::Ready(result);
                     };
                     let attempt = *this.attempt;
                     if attempt >= shared.max_attempts {
-                        shared.stats.gave_up.fetch_add(1, Relaxed);
-                        tracing::warn!(attempts = attempt, last = %reason, "retry: giving up");
-                        shared.audit.record_with(|| {
-                            this.replay.describe(
-                                AuditEvent::new(GAVE_UP_KIND)
-                                    .detail("attempts", attempt)
-                                    .detail("last", reason.to_string()),
-                            )
-                        });
+                        let replay = &*this.replay;
+                        give_up(shared, attempt, reason, |e| replay.describe(e));
                         return Poll::Ready(result);
                     }
                     if !shared.stats.withdraw(&shared.audit) {
@@ -258,6 +279,14 @@ pin_project! {
     {
         // Sent once: not retryable, or too large to buffer.
         Once { #[pin] fut: S::Future },
+        // Retryable, but `max_attempts(1)`: sent once, its failure judged for `gave_up`.
+        Single {
+            #[pin]
+            fut: S::Future,
+            shared: Arc<Shared<C, BufferBody>>,
+            // The method and path for the audit record (kept only with an audit log).
+            target: Option<(http::Method, http::Uri)>,
+        },
         // Reading the body before the first attempt.
         Buffering { buffering: Option<Buffering<S, B, C>> },
         Attempts {
@@ -274,6 +303,21 @@ where
     pub(crate) fn once(fut: S::Future) -> Self {
         ResponseFuture {
             kind: Kind::Once { fut },
+        }
+    }
+
+    /// A retryable request under `max_attempts(1)`: sent as it came; a retryable failure gave up.
+    pub(crate) fn single(
+        fut: S::Future,
+        target: Option<(http::Method, http::Uri)>,
+        shared: Arc<Shared<C, BufferBody>>,
+    ) -> Self {
+        ResponseFuture {
+            kind: Kind::Single {
+                fut,
+                shared,
+                target,
+            },
         }
     }
 
@@ -321,6 +365,20 @@ where
         loop {
             let next = match kind.as_mut().project() {
                 KindProj::Once { fut } => return fut.poll(cx).map_err(Into::into),
+                KindProj::Single {
+                    fut,
+                    shared,
+                    target,
+                } => {
+                    let result = ready!(fut.poll(cx)).map_err(Into::into);
+                    if let Some((reason, _)) = verdict(shared, &result) {
+                        give_up(shared, 1, reason, |e| match target {
+                            Some((method, uri)) => describe_http(e, method, uri),
+                            None => e,
+                        });
+                    }
+                    return Poll::Ready(result);
+                }
                 KindProj::Attempts { attempts } => return attempts.poll(cx),
                 KindProj::Buffering { buffering } => {
                     let Some(b) = buffering.as_mut() else {
@@ -404,7 +462,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.kind {
-            Kind::Once { .. } => "once",
+            Kind::Once { .. } | Kind::Single { .. } => "once",
             Kind::Buffering { .. } => "buffering",
             Kind::Attempts { attempts } => match attempts.state {
                 State::Calling { .. } => "calling",
@@ -437,6 +495,8 @@ pin_project! {
         S: Service<Req>,
     {
         Once { #[pin] fut: S::Future },
+        // `max_attempts(1)`: sent once, its failure judged for `gave_up`.
+        Single { #[pin] fut: S::Future, shared: Arc<Shared<C, CloneWith<F>>> },
         Attempts {
             #[pin]
             attempts: Attempts<S, Req, CloneReplay<Req>, C, CloneWith<F>>,
@@ -451,6 +511,13 @@ where
     pub(crate) fn once(fut: S::Future) -> Self {
         CloneResponseFuture {
             kind: CloneKind::Once { fut },
+        }
+    }
+
+    /// `max_attempts(1)`: sent once (the clone function is not called); a retryable failure gave up.
+    pub(crate) fn single(fut: S::Future, shared: Arc<Shared<C, CloneWith<F>>>) -> Self {
+        CloneResponseFuture {
+            kind: CloneKind::Single { fut, shared },
         }
     }
 
@@ -481,6 +548,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             CloneKindProj::Once { fut } => fut.poll(cx).map_err(Into::into),
+            CloneKindProj::Single { fut, shared } => {
+                let result = ready!(fut.poll(cx)).map_err(Into::into);
+                if let Some((reason, _)) = verdict(shared, &result) {
+                    give_up(shared, 1, reason, |e| e);
+                }
+                Poll::Ready(result)
+            }
             CloneKindProj::Attempts { attempts } => attempts.poll(cx),
         }
     }

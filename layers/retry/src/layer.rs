@@ -21,6 +21,18 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// Default [`max_body`](RetryBuilder::max_body): 64 KiB.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
+/// The largest [`max_attempts`](RetryBuilder::max_attempts) [`build`](RetryBuilder::build) accepts:
+/// 100.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+
+/// The largest [`max_body`](RetryBuilder::max_body) [`build`](RetryBuilder::build) accepts: 16 MiB.
+/// Every retryable request in flight may hold a buffer this large.
+pub const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The longest delay [`build`](RetryBuilder::build) accepts for the backoff's maximum (or cap), its
+/// jitter and [`retry_after_cap`](RetryBuilder::retry_after_cap): 1 hour.
+pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+
 /// The `kind` of the audit record written when a request gave up after its last attempt.
 pub const GAVE_UP_KIND: &str = "retry.gave_up";
 
@@ -201,8 +213,12 @@ impl Default for RetryBuilder {
 }
 
 impl<C, R> RetryBuilder<C, R> {
-    /// Total attempts per request, the first call included (default 5). `1` disables retries; `0` is
-    /// an error.
+    /// Total attempts per request, the first call included (default 5; at most
+    /// [`MAX_ATTEMPTS_LIMIT`]). `1` disables retries; `0` is an error.
+    ///
+    /// With `1`, a retryable request is still sent as it came, unbuffered, and a failure that would
+    /// have been retried counts as [gave up](RetryHandle::gave_up) (and is audited), as after the last
+    /// attempt of a larger limit.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -258,9 +274,9 @@ impl<C, R> RetryBuilder<C, R> {
         self
     }
 
-    /// The largest request body buffered for replay, in bytes (default 64 KiB). A larger body — known
-    /// from its `size_hint` or found while buffering — is sent once and not retried (counted in
-    /// [`RetryHandle::body_too_large`]).
+    /// The largest request body buffered for replay, in bytes (default 64 KiB; at most
+    /// [`MAX_BODY_LIMIT`]). A larger body — known from its `size_hint` or found while buffering — is
+    /// sent once and not retried (counted in [`RetryHandle::body_too_large`]).
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
@@ -274,7 +290,7 @@ impl<C, R> RetryBuilder<C, R> {
 
     /// The longest a service's retry hint (`Retry-After`, `grpc-retry-pushback-ms`, a rejection's
     /// `retry_after`) may make the layer wait before a retry (default: the backoff's
-    /// [`max`](Backoff::max)). A longer hint waits this long.
+    /// [`max`](Backoff::max); at most [`MAX_DELAY`]). A longer hint waits this long.
     pub fn retry_after_cap(mut self, cap: Duration) -> Self {
         self.retry_after_cap = Some(cap);
         self
@@ -340,13 +356,27 @@ impl<C, R> RetryBuilder<C, R> {
     ///
     /// # Errors
     ///
-    /// Zero attempts, a backoff base above its maximum, a zero decorrelated base, a budget ratio outside
-    /// 0–1000 or a budget window that is not 1–60 whole seconds.
+    /// Zero attempts or more than [`MAX_ATTEMPTS_LIMIT`], a `max_body` above [`MAX_BODY_LIMIT`], a
+    /// backoff base above its maximum, a zero decorrelated base, a backoff maximum, jitter or
+    /// `retry_after_cap` above [`MAX_DELAY`], a budget ratio outside 0–1000 or a budget window that is
+    /// not 1–60 whole seconds.
     pub fn build(self) -> Result<RetryLayer<C, R>, BuildError> {
         if self.max_attempts == 0 {
             return Err(BuildError::ZeroAttempts);
         }
+        if self.max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(BuildError::TooManyAttempts(self.max_attempts));
+        }
+        if self.max_body > MAX_BODY_LIMIT {
+            return Err(BuildError::MaxBodyTooLarge(self.max_body));
+        }
         self.backoff.validate()?;
+        if let Some(cap) = self.retry_after_cap.filter(|cap| *cap > MAX_DELAY) {
+            return Err(BuildError::DelayTooLong {
+                setting: "retry_after_cap",
+                delay: cap,
+            });
+        }
         let budget = self.budget.build()?;
         Ok(RetryLayer {
             shared: Arc::new(Shared {
@@ -377,6 +407,18 @@ impl<C, R> RetryBuilder<C, R> {
 pub enum BuildError {
     /// `max_attempts(0)`: at least the first call must be made.
     ZeroAttempts,
+    /// `max_attempts` above [`MAX_ATTEMPTS_LIMIT`].
+    TooManyAttempts(u32),
+    /// `max_body` above [`MAX_BODY_LIMIT`].
+    MaxBodyTooLarge(usize),
+    /// A delay above [`MAX_DELAY`]: `setting` is `"backoff"` (its maximum, or decorrelated cap),
+    /// `"jitter"` or `"retry_after_cap"`.
+    DelayTooLong {
+        /// The setting.
+        setting: &'static str,
+        /// The delay given.
+        delay: Duration,
+    },
     /// The backoff base is larger than its maximum.
     BaseExceedsMax {
         /// The base delay.
@@ -396,6 +438,21 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuildError::ZeroAttempts => f.write_str("max_attempts must be at least 1"),
+            BuildError::TooManyAttempts(n) => {
+                write!(
+                    f,
+                    "max_attempts must be at most {MAX_ATTEMPTS_LIMIT}, got {n}"
+                )
+            }
+            BuildError::MaxBodyTooLarge(n) => {
+                write!(
+                    f,
+                    "max_body must be at most {MAX_BODY_LIMIT} bytes, got {n}"
+                )
+            }
+            BuildError::DelayTooLong { setting, delay } => {
+                write!(f, "{setting} must be at most {MAX_DELAY:?}, got {delay:?}")
+            }
             BuildError::BaseExceedsMax { base, max } => {
                 write!(f, "backoff base {base:?} exceeds its maximum {max:?}")
             }
@@ -518,7 +575,12 @@ impl RetryHandle {
         self.stats().budget_refused.load(Relaxed)
     }
 
-    /// Requests that failed on their last allowed attempt.
+    /// Requests whose last allowed attempt failed in a way that would otherwise have been retried —
+    /// with [`max_attempts(1)`](RetryBuilder::max_attempts), every such failure of a retryable request.
+    /// Not counted: failures the budget refused to retry ([`budget_refused`](Self::budget_refused)),
+    /// requests that cannot be replayed (an unsafe method, a body over the limit, a clone function
+    /// returning `None`), and responses whose service asked for no retry (a negative or unparseable
+    /// `grpc-retry-pushback-ms`).
     pub fn gave_up(&self) -> u64 {
         self.stats().gave_up.load(Relaxed)
     }

@@ -87,7 +87,10 @@
 //! delta-seconds on a 429 or 503 (an HTTP-date is ignored and the backoff applies), gRPC's
 //! `grpc-retry-pushback-ms`, or a rejection's `retry_after` — lengthens the wait to the hint, capped by
 //! [`retry_after_cap`](RetryBuilder::retry_after_cap) (default: the backoff's maximum); it never shortens
-//! it below the backoff. The jitter generator can be [seeded](RetryBuilder::seed) for tests.
+//! it below the backoff. A `grpc-retry-pushback-ms` that is not a non-negative decimal integer
+//! (negative, a fraction, garbage) is, as gRPC A6 specifies, the server asking for no retry: the
+//! failure is returned at once ([`RetryHint::forbids_retry`]). The jitter generator can be
+//! [seeded](RetryBuilder::seed) for tests.
 //!
 //! # Deadlines
 //!
@@ -113,7 +116,8 @@
 //! # Bodies
 //!
 //! `http::Request<B>` needs no `Clone`: the body is read into memory inside the response future (not in
-//! `call`), up to [`max_body`](RetryBuilder::max_body) (64 KiB by default), and replayed from there. A
+//! `call`), up to [`max_body`](RetryBuilder::max_body) (64 KiB by default, at most
+//! [`MAX_BODY_LIMIT`]), and replayed from there. A
 //! request whose body is already at its end needs no buffering at all. A body over the limit — known
 //! from its `size_hint` or found while reading — is sent once, not retried, with a `debug` event and
 //! [`RetryHandle::body_too_large`] counting it. The inner service receives
@@ -121,9 +125,11 @@
 //!
 //! # Observability
 //!
-//! Each retry is a `debug` event (attempt, delay, reason); each give-up a `warn` event and a
-//! [`retry.gave_up`](GAVE_UP_KIND) record in the [`Audit`](palisade_core::audit::Audit) given to
-//! [`audit`](RetryBuilder::audit), with the attempts, the last failure, the method and the path. The budget
+//! Each retry is a `debug` event (attempt, delay, reason); each give-up — a failure that would have
+//! been retried but for the attempt limit, including every such failure under `max_attempts(1)` — a
+//! `warn` event and a [`retry.gave_up`](GAVE_UP_KIND) record in the
+//! [`Audit`](palisade_core::audit::Audit) given to [`audit`](RetryBuilder::audit), with the attempts,
+//! the last failure, the method and the path. The budget
 //! running out is a `warn` event and one [`retry.budget_exhausted`](BUDGET_EXHAUSTED_KIND) record per
 //! episode. [`RetryLayer::handle`] gives the counters.
 //!
@@ -155,6 +161,7 @@ pub use future::{CloneResponseFuture, ResponseFuture};
 pub use layer::{
     BufferBody, BuildError, CloneWith, RetryBuilder, RetryHandle, RetryLayer,
     BUDGET_EXHAUSTED_KIND, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BODY, GAVE_UP_KIND,
+    MAX_ATTEMPTS_LIMIT, MAX_BODY_LIMIT, MAX_DELAY,
 };
 pub use palisade_core::error::BoxError;
 pub use policy::RetryHint;

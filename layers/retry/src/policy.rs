@@ -24,7 +24,17 @@ pub trait RetryHint {
     fn is_throttled(&self) -> bool {
         false
     }
+
+    /// Whether the service asks the caller not to retry at all, whatever the classifier says. Checked
+    /// only on a failure that would otherwise be retried; such a failure is returned at once, and is
+    /// not counted as [gave up](crate::RetryHandle::gave_up).
+    fn forbids_retry(&self) -> bool {
+        false
+    }
 }
+
+/// gRPC's retry pushback header (gRPC A6).
+const GRPC_RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 
 impl<B> RetryHint for http::Response<B> {
     /// `Retry-After` as delta-seconds on a 429 or 503 (an HTTP-date is ignored: clocks of caller and
@@ -36,11 +46,19 @@ impl<B> RetryHint for http::Response<B> {
                 return Some(Duration::from_secs(secs));
             }
         }
-        header_u64(self.headers(), "grpc-retry-pushback-ms").map(Duration::from_millis)
+        header_u64(self.headers(), GRPC_RETRY_PUSHBACK_MS).map(Duration::from_millis)
     }
 
     fn is_throttled(&self) -> bool {
         self.status() == StatusCode::TOO_MANY_REQUESTS
+    }
+
+    /// A `grpc-retry-pushback-ms` header that is not a non-negative decimal integer (negative, empty,
+    /// a fraction, garbage): gRPC A6 makes that the server's request not to retry at all.
+    fn forbids_retry(&self) -> bool {
+        self.headers()
+            .get(GRPC_RETRY_PUSHBACK_MS)
+            .is_some_and(|_| header_u64(self.headers(), GRPC_RETRY_PUSHBACK_MS).is_none())
     }
 }
 
@@ -76,18 +94,24 @@ impl fmt::Display for Reason {
 pub(crate) type Retryable = (Reason, Option<Duration>);
 
 /// Whether a response should be retried. Only the head is looked at: a verdict deferred to the end of
-/// the body (gRPC trailers) counts as success here, since the body has not been read.
+/// the body (gRPC trailers) counts as success here, since the body has not been read. A response that
+/// [forbids a retry](RetryHint::forbids_retry) is not retried.
 #[inline]
 pub(crate) fn judge_response<C, Res>(classify: &C, res: &Res) -> Option<Retryable>
 where
     C: Classify<Res>,
     Res: RetryHint,
 {
-    match classify.classify_response(res) {
-        Classified::Ready(Outcome::Failure(f)) => Some((Reason::Failure(f), res.retry_after())),
-        _ if res.is_throttled() => Some((Reason::Throttled, res.retry_after())),
-        _ => None,
+    let reason = match classify.classify_response(res) {
+        Classified::Ready(Outcome::Failure(f)) => Reason::Failure(f),
+        _ if res.is_throttled() => Reason::Throttled,
+        _ => return None,
+    };
+    if res.forbids_retry() {
+        tracing::debug!(reason = %reason, "retry: the service asked not to retry; not retried");
+        return None;
     }
+    Some((reason, res.retry_after()))
 }
 
 /// Whether an error should be retried.
@@ -166,6 +190,28 @@ mod tests {
             res(503, &[("retry-after", "99999999999999999999999")]).retry_after(),
             Some(Duration::from_secs(u64::MAX))
         );
+    }
+
+    #[test]
+    fn bad_grpc_pushback_forbids_a_retry() {
+        for bad in ["-1", "-0", "abc", "", " ", "1.5", "+3", "1e3"] {
+            let r = res(503, &[("grpc-retry-pushback-ms", bad)]);
+            assert!(r.forbids_retry(), "{bad:?}");
+            assert_eq!(r.retry_after(), None);
+            assert!(
+                judge_response(&HttpStatus::server_errors(), &r).is_none(),
+                "{bad:?}"
+            );
+        }
+        for good in ["0", "250", " 7 ", "99999999999999999999999"] {
+            assert!(!res(503, &[("grpc-retry-pushback-ms", good)]).forbids_retry());
+        }
+        assert!(!res(503, &[]).forbids_retry());
+        // Not a pushback header: a bad Retry-After is ignored, not a refusal.
+        assert!(!res(503, &[("retry-after", "-1")]).forbids_retry());
+        // A throttling answer with a bad pushback is not retried either.
+        let r = res(429, &[("grpc-retry-pushback-ms", "-5")]);
+        assert!(judge_response(&HttpStatus::server_errors(), &r).is_none());
     }
 
     #[test]

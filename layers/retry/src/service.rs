@@ -91,9 +91,19 @@ where
         let shared = &self.shared;
         shared.stats.count_request();
         let (parts, body) = req.into_parts();
-        if shared.max_attempts == 1 || !shared.is_retryable(&parts) {
+        if !shared.is_retryable(&parts) {
             let req = Request::from_parts(parts, RetryBody::new(body));
             return ResponseFuture::once(self.inner.call(req));
+        }
+        if shared.max_attempts == 1 {
+            // Nothing to buffer: no retry will be sent. The outcome is still judged, for `gave_up`
+            // (the method and path are kept for its audit record only when there is an audit log).
+            let target = shared
+                .audit
+                .is_enabled()
+                .then(|| (parts.method.clone(), parts.uri.clone()));
+            let req = Request::from_parts(parts, RetryBody::new(body));
+            return ResponseFuture::single(self.inner.call(req), target, shared.clone());
         }
         if body.is_end_stream() {
             // Nothing to buffer: send now, keep the head and a service clone for retries.
@@ -148,7 +158,9 @@ where
         let shared = &self.shared;
         shared.stats.count_request();
         if shared.max_attempts == 1 {
-            return CloneResponseFuture::once(self.inner.call(req));
+            // The clone function is not called: no retry will be sent. The outcome is still judged,
+            // for `gave_up`.
+            return CloneResponseFuture::single(self.inner.call(req), shared.clone());
         }
         match (shared.replay.0)(&req) {
             None => CloneResponseFuture::once(self.inner.call(req)),

@@ -660,7 +660,133 @@ async fn one_attempt_disables_retries() {
     let layer = plain(1).build().unwrap();
     layer.layer(up.clone()).oneshot(get()).await.unwrap();
     assert_eq!(up.count(), 1);
-    assert_eq!(layer.handle().gave_up(), 0);
+    assert_eq!(layer.handle().retries(), 0);
+}
+
+/// With retries disabled, a failure that would have been retried is one the attempt limit gave up on:
+/// counted and audited like the last attempt of `max_attempts(n)`.
+#[tokio::test(start_paused = true)]
+async fn one_attempt_counts_retryable_failures_as_gave_up() {
+    let (audit, ring) = Audit::memory(16);
+    let up = Upstream::new(|n| match n {
+        // A retryable failure: gave up.
+        0 => status(503),
+        // A success, a client error, an open breaker: nothing to give up on.
+        1 => status(200),
+        2 => status(404),
+        3 => Err(CircuitOpen::new(None).into()),
+        // A POST without an idempotency key would not have been retried either.
+        4 => status(503),
+        // The server asked for no retry (gRPC pushback): not the attempt limit's doing.
+        5 => with_header(503, "grpc-retry-pushback-ms", "-1"),
+        _ => Err("boom".into()),
+    });
+    let layer = plain(1).audit(&audit).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(up.clone());
+    let res = svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(handle.gave_up(), 1);
+    svc.clone().oneshot(get()).await.unwrap();
+    svc.clone().oneshot(get()).await.unwrap();
+    assert!(svc.clone().oneshot(get()).await.is_err());
+    assert_eq!(handle.gave_up(), 1);
+    svc.clone().oneshot(post(None)).await.unwrap();
+    assert_eq!(handle.gave_up(), 1);
+    svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(handle.gave_up(), 1);
+    // A retryable error, returned as it is.
+    let err = svc.clone().oneshot(get()).await.unwrap_err();
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(handle.gave_up(), 2);
+    assert_eq!(up.count(), 7);
+    assert_eq!(handle.retries(), 0);
+
+    audit.flush().await.unwrap();
+    let records = ring.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().all(|r| r.kind == GAVE_UP_KIND));
+    assert_eq!(records[0].details["attempts"], 1);
+    assert_eq!(records[0].details["last"], "HTTP 503");
+    assert_eq!(records[0].details["method"], "GET");
+    assert_eq!(records[0].details["path"], "/items/1");
+    assert_eq!(records[1].details["last"], "error");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_attempt_counts_gave_up_with_a_clone_function_too() {
+    let layer = RetryLayer::builder()
+        .classify(ErrorsOnly)
+        .max_attempts(1)
+        .clone_request(|q: &String| Some(q.clone()))
+        .build()
+        .unwrap();
+    let svc = layer.layer(tower::service_fn(|q: String| async move {
+        if q == "fail" {
+            Err::<Answer, BoxError>("flaky".into())
+        } else {
+            Ok(Answer(q))
+        }
+    }));
+    assert!(svc.clone().oneshot("fail".to_owned()).await.is_err());
+    assert!(svc.clone().oneshot("ok".to_owned()).await.is_ok());
+    assert_eq!(layer.handle().gave_up(), 1);
+}
+
+/// gRPC A6: a negative or unparseable `grpc-retry-pushback-ms` is the server asking not to retry.
+#[tokio::test(start_paused = true)]
+async fn negative_or_unparseable_grpc_pushback_is_not_retried() {
+    for bad in ["-1", "-250", "soon", "1.5", "", "+5", "0x10"] {
+        let up = Upstream::new(move |n| match n {
+            0 => with_header(503, "grpc-retry-pushback-ms", bad),
+            _ => status(200),
+        });
+        let layer = plain(3).build().unwrap();
+        let res = layer.layer(up.clone()).oneshot(get()).await.unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pushback {bad:?}"
+        );
+        assert_eq!(up.count(), 1, "pushback {bad:?} was retried");
+        assert_eq!(layer.handle().retries(), 0);
+        assert_eq!(layer.handle().gave_up(), 0);
+    }
+    // Even where a valid Retry-After would allow it.
+    let up = Upstream::new(|n| match n {
+        0 => Ok(Response::builder()
+            .status(503)
+            .header("retry-after", "1")
+            .header("grpc-retry-pushback-ms", "-1")
+            .body(())
+            .unwrap()),
+        _ => status(200),
+    });
+    let res = plain(3)
+        .build()
+        .unwrap()
+        .layer(up.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.count(), 1);
+    // A valid pushback (surrounding whitespace allowed) is a delay, as before.
+    for good in ["250", " 250 "] {
+        let up = Upstream::new(move |n| match n {
+            0 => with_header(503, "grpc-retry-pushback-ms", good),
+            _ => status(200),
+        });
+        let res = plain(3)
+            .build()
+            .unwrap()
+            .layer(up.clone())
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(up.gaps(), [ms(250)]);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -737,6 +863,68 @@ fn builder_rejects_bad_configuration() {
     assert!(err(RetryLayer::builder().max_attempts(0))
         .to_string()
         .contains("at least 1"));
+}
+
+/// Every size and duration the builder takes has a documented maximum; above it, `build()` refuses.
+#[test]
+fn builder_refuses_values_above_their_documented_maximum() {
+    use palisade_retry::{MAX_ATTEMPTS_LIMIT, MAX_BODY_LIMIT, MAX_DELAY};
+    let err = |b: palisade_retry::RetryBuilder| b.build().unwrap_err();
+    let ok = |b: palisade_retry::RetryBuilder| b.build().map(|_| ()).unwrap();
+
+    // The body buffer of every retryable request in flight.
+    ok(RetryLayer::builder().max_body(MAX_BODY_LIMIT));
+    assert_eq!(
+        err(RetryLayer::builder().max_body(MAX_BODY_LIMIT + 1)),
+        BuildError::MaxBodyTooLarge(MAX_BODY_LIMIT + 1)
+    );
+    assert_eq!(
+        err(RetryLayer::builder().max_body(usize::MAX)),
+        BuildError::MaxBodyTooLarge(usize::MAX)
+    );
+
+    // Attempts: four billion retries of one request are no policy.
+    ok(RetryLayer::builder().max_attempts(MAX_ATTEMPTS_LIMIT));
+    assert_eq!(
+        err(RetryLayer::builder().max_attempts(MAX_ATTEMPTS_LIMIT + 1)),
+        BuildError::TooManyAttempts(MAX_ATTEMPTS_LIMIT + 1)
+    );
+    assert_eq!(
+        err(RetryLayer::builder().max_attempts(u32::MAX)),
+        BuildError::TooManyAttempts(u32::MAX)
+    );
+
+    // Delays: beyond the maximum a jitter used to saturate silently (at 2^64 ns).
+    let long = MAX_DELAY + Duration::from_nanos(1);
+    ok(RetryLayer::builder()
+        .backoff(Backoff::exponential(MAX_DELAY, MAX_DELAY).jitter(MAX_DELAY))
+        .retry_after_cap(MAX_DELAY));
+    for (setting, b) in [
+        (
+            "backoff",
+            RetryLayer::builder().backoff(Backoff::exponential(ms(1), long)),
+        ),
+        (
+            "backoff",
+            RetryLayer::builder().backoff(Backoff::decorrelated(ms(1), long)),
+        ),
+        (
+            "jitter",
+            RetryLayer::builder().backoff(Backoff::exponential(ms(1), ms(2)).jitter(Duration::MAX)),
+        ),
+        (
+            "retry_after_cap",
+            RetryLayer::builder().retry_after_cap(Duration::MAX),
+        ),
+    ] {
+        match err(b) {
+            BuildError::DelayTooLong { setting: s, .. } => assert_eq!(s, setting),
+            other => panic!("{setting}: {other:?}"),
+        }
+    }
+    assert!(err(RetryLayer::builder().max_body(usize::MAX))
+        .to_string()
+        .contains(&MAX_BODY_LIMIT.to_string()));
 }
 
 #[tokio::test(start_paused = true)]
