@@ -18,6 +18,23 @@ pub use palisade_core::config::BuildError;
 /// The layer name in this crate's [`BuildError`]s.
 pub(crate) const LAYER: &str = "circuit breaker";
 
+/// The largest count window, [`Builder::window_calls`]: one byte per call, per circuit.
+pub const MAX_WINDOW_CALLS: u32 = 10_000;
+
+/// The longest time window, [`Builder::window_time`], in seconds (one hour): 24 bytes per second, per
+/// circuit.
+pub const MAX_WINDOW_SECS: u32 = 3600;
+
+/// The most keys a keyed breaker may track, [`Builder::max_keys`].
+pub const MAX_KEYS: usize = 1_000_000;
+
+/// The most memory a keyed breaker's windows may take at `max_keys` keys (1 GiB): `max_keys` × the
+/// windows of one circuit.
+pub const MAX_KEYED_WINDOW_BYTES: u64 = 1 << 30;
+
+/// Bytes of one time-window bucket.
+const BUCKET_BYTES: u64 = 24;
+
 /// The windows a breaker judges rates over: the last N calls, the last N seconds (either or both).
 pub(crate) type Windows = (Option<u32>, Option<u32>);
 
@@ -256,14 +273,16 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Judges the rates over the last `n` calls (count-based sliding window).
+    /// Judges the rates over the last `n` calls (count-based sliding window): 1 to
+    /// [`MAX_WINDOW_CALLS`] (10,000), one byte per call per circuit; `build()` refuses others.
     pub fn window_calls(mut self, n: u32) -> Self {
         self.window_calls = Some(n);
         self
     }
 
-    /// Judges the rates over the last `window` (time-based sliding window of one-second buckets; at
-    /// least 1 s, at most 1 h). Costs a clock read per call.
+    /// Judges the rates over the last `window` (time-based sliding window of one-second buckets): a
+    /// whole number of seconds from 1 s to 1 h ([`MAX_WINDOW_SECS`]); `build()` refuses others, such as
+    /// 1.5 s, rather than round them. Costs a clock read per call.
     pub fn window_time(mut self, window: Duration) -> Self {
         self.window_time = Some(window);
         self
@@ -289,6 +308,8 @@ impl<C> Builder<C> {
     }
 
     /// The wait in Open before the first probe: `base`, doubling with each consecutive trip, up to `max`.
+    /// `base` above zero and `max` at least `base`. The end of the wait is kept to the millisecond,
+    /// rounded up (a wait of 100 µs lasts 1 ms); waits beyond 557 years are kept as that.
     pub fn open_wait(mut self, base: Duration, max: Duration) -> Self {
         self.wait_base = base;
         self.wait_max = max;
@@ -326,7 +347,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Keyed mode: the most keys tracked at once (default 10,000). See [`keyed`](Self::keyed).
+    /// Keyed mode: the most keys tracked at once (default 10,000): 1 to [`MAX_KEYS`] (1,000,000),
+    /// and with the windows of one circuit × `max_keys` at most [`MAX_KEYED_WINDOW_BYTES`] (1 GiB; a
+    /// count window takes a byte per call, a time window 24 bytes per second). See
+    /// [`keyed`](Self::keyed).
     pub fn max_keys(mut self, n: usize) -> Self {
         self.max_keys = n;
         self
@@ -349,19 +373,28 @@ impl<C> Builder<C> {
     }
 
     fn limits(&self) -> Result<Limits, BuildError> {
-        if self.window_calls == Some(0) {
-            return Err(BuildError::new(
-                LAYER,
-                "window_calls",
-                "a window of 0 calls",
-            ));
+        if let Some(n) = self.window_calls {
+            if n == 0 || n > MAX_WINDOW_CALLS {
+                return Err(BuildError::new(
+                    LAYER,
+                    "window_calls",
+                    format!("{n} is not between 1 and {MAX_WINDOW_CALLS} calls"),
+                ));
+            }
         }
         if let Some(w) = self.window_time {
-            if w < Duration::from_secs(1) || w > Duration::from_secs(3600) {
+            if w < Duration::from_secs(1) || w > Duration::from_secs(u64::from(MAX_WINDOW_SECS)) {
                 return Err(BuildError::new(
                     LAYER,
                     "window_time",
                     format!("{w:?} is not between 1 s and 1 h"),
+                ));
+            }
+            if w.subsec_nanos() != 0 {
+                return Err(BuildError::new(
+                    LAYER,
+                    "window_time",
+                    format!("{w:?} is not a whole number of seconds (the buckets are 1 s)"),
                 ));
             }
         }
@@ -428,8 +461,29 @@ impl<C> Builder<C> {
     fn common(self, keyed: bool) -> Result<Arc<Common<C>>, BuildError> {
         let limits = self.limits()?;
         let windows = self.windows();
-        if keyed && self.max_keys == 0 {
-            return Err(BuildError::new(LAYER, "max_keys", "must be at least 1"));
+        if keyed {
+            if self.max_keys == 0 || self.max_keys > MAX_KEYS {
+                return Err(BuildError::new(
+                    LAYER,
+                    "max_keys",
+                    format!("{} is not between 1 and {MAX_KEYS}", self.max_keys),
+                ));
+            }
+            let (calls, secs) = windows;
+            let per_circuit =
+                u64::from(calls.unwrap_or(0)) + u64::from(secs.unwrap_or(0)) * BUCKET_BYTES;
+            let total = per_circuit.saturating_mul(self.max_keys as u64);
+            if total > MAX_KEYED_WINDOW_BYTES {
+                return Err(BuildError::new(
+                    LAYER,
+                    "max_keys",
+                    format!(
+                        "{} keys with windows of {per_circuit} bytes each would take {total} bytes, \
+                         over the {MAX_KEYED_WINDOW_BYTES}-byte bound: lower max_keys or the windows",
+                        self.max_keys
+                    ),
+                ));
+            }
         }
         let component = self
             .health

@@ -303,6 +303,94 @@ impl<C: Send + Sync + 'static, K: Send + Sync> KeyedControl for Keyed<C, K> {
     }
 }
 
+/// A key to look a keyed breaker's circuit up by, in [`KeyedBreakerHandle::get`].
+///
+/// Implemented for every `Hash + 'static` type, and for `str` and `[u8]`. Keys are hashed in a
+/// canonical form, the same for the keys the breaker stores and the ones looked up: text
+/// (`HeaderValue`, `String`, `&'static str`, `Box<str>`, `Arc<str>`, `Cow<'static, str>`, `str`) by
+/// its bytes, as are `Vec<u8>` and `[u8]`; IP addresses (`IpAddr`, `Ipv4Addr`, `Ipv6Addr`) as an
+/// `IpAddr` in canonical form; any other type by its own `Hash`. Sealed: it cannot be implemented
+/// outside this crate.
+pub trait LookupKey: sealed::Sealed {
+    /// Feeds the canonical form of the key to `state`.
+    #[doc(hidden)]
+    fn hash_canonical(&self, state: &mut dyn std::hash::Hasher);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T: std::hash::Hash + 'static> Sealed for T {}
+    impl Sealed for str {}
+    impl Sealed for [u8] {}
+}
+
+fn hash_text(bytes: &[u8], mut state: &mut dyn std::hash::Hasher) {
+    (0u8, bytes).hash(&mut state);
+}
+
+fn hash_ip(ip: std::net::IpAddr, mut state: &mut dyn std::hash::Hasher) {
+    (1u8, ip.to_canonical()).hash(&mut state);
+}
+
+fn cast<T: 'static, U: 'static>(t: &T) -> Option<&U> {
+    // `TypeId`s compare at compile time once `T` is known: for a key type that is none of these, the
+    // whole chain folds away and only its own `Hash` runs.
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>() {
+        (t as &dyn std::any::Any).downcast_ref::<U>()
+    } else {
+        None
+    }
+}
+
+impl<T: Hash + 'static> LookupKey for T {
+    #[inline]
+    fn hash_canonical(&self, mut state: &mut dyn std::hash::Hasher) {
+        use std::borrow::Cow;
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let text = cast::<T, http::HeaderValue>(self)
+            .map(|v| v.as_bytes())
+            .or_else(|| cast::<T, String>(self).map(|v| v.as_bytes()))
+            .or_else(|| cast::<T, &'static str>(self).map(|v| v.as_bytes()))
+            .or_else(|| cast::<T, Box<str>>(self).map(|v| v.as_bytes()))
+            .or_else(|| cast::<T, Arc<str>>(self).map(|v| v.as_bytes()))
+            .or_else(|| cast::<T, Cow<'static, str>>(self).map(|v| v.as_bytes()))
+            .or_else(|| cast::<T, Vec<u8>>(self).map(|v| v.as_slice()));
+        if let Some(bytes) = text {
+            return hash_text(bytes, state);
+        }
+        let ip = cast::<T, IpAddr>(self)
+            .copied()
+            .or_else(|| cast::<T, Ipv4Addr>(self).map(|&v| IpAddr::V4(v)))
+            .or_else(|| cast::<T, Ipv6Addr>(self).map(|&v| IpAddr::V6(v)));
+        if let Some(ip) = ip {
+            return hash_ip(ip, state);
+        }
+        (2u8, self).hash(&mut state);
+    }
+}
+
+impl LookupKey for str {
+    fn hash_canonical(&self, state: &mut dyn std::hash::Hasher) {
+        hash_text(self.as_bytes(), state);
+    }
+}
+
+impl LookupKey for [u8] {
+    fn hash_canonical(&self, state: &mut dyn std::hash::Hasher) {
+        hash_text(self, state);
+    }
+}
+
+/// Hashes a key in its canonical form (see [`LookupKey`]): how keyed breakers store and find keys.
+pub(crate) struct Canonical<'a, Q: ?Sized>(pub(crate) &'a Q);
+
+impl<Q: LookupKey + ?Sized> Hash for Canonical<'_, Q> {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash_canonical(state);
+    }
+}
+
 /// A handle to the circuits of a keyed breaker.
 #[derive(Clone)]
 pub struct KeyedBreakerHandle {
@@ -316,10 +404,36 @@ impl KeyedBreakerHandle {
         KeyedBreakerHandle { keyed }
     }
 
-    /// The circuit of `key`, if it is tracked. `key` must be of the extractor's key type (a
-    /// `HeaderValue` for `HeaderKey`, an `IpAddr` for `ClientIp`, ...): keys are matched by hash.
-    pub fn get<Q: Hash>(&self, key: &Q) -> Option<BreakerHandle> {
-        self.keyed.get(self.keyed.hash_of(key))
+    /// The circuit of `key`, if it is tracked.
+    ///
+    /// `key` is the extractor's key, or what users naturally write for it: text keys (a `HeaderValue`
+    /// from `HeaderKey`, a `String`, an `Arc<str>` from a closure) are found by a `&str`, a `String` or
+    /// the key itself, and IP keys (`PeerIp`, `ClientIp`) by an `IpAddr`, an `Ipv4Addr` or an
+    /// `Ipv6Addr` (IPv4-mapped addresses are the IPv4 address). Keys of other types are matched by
+    /// their own `Hash`, so pass the extractor's key type (see [`LookupKey`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use palisade_breaker::CircuitBreakerLayer;
+    /// use palisade_core::error::BoxError;
+    /// use palisade_core::key::HeaderKey;
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .keyed(HeaderKey::from_static("x-tenant"))
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(service_fn(|_: http::Request<()>| async {
+    ///     Ok::<_, BoxError>(http::Response::new(String::new()))
+    /// }));
+    /// let req = http::Request::builder().header("x-tenant", "acme").body(()).unwrap();
+    /// svc.oneshot(req).await.unwrap();
+    /// assert!(handle.get("acme").is_some());
+    /// # }
+    /// ```
+    pub fn get<Q: LookupKey + ?Sized>(&self, key: &Q) -> Option<BreakerHandle> {
+        self.keyed.get(self.keyed.hash_of(&Canonical(key)))
     }
 
     /// How many keys are tracked.

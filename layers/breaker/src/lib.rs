@@ -13,7 +13,14 @@
 //!   only after `minimum_calls`.
 //! - **Classification** through `palisade_core::classify`: `Err`, HTTP 5xx, gRPC status in headers or
 //!   **trailers** (the breaker waits for the end of the body), slow calls; `Ignored` outcomes (a cancelled
-//!   call, a dropped body) count for nothing and give a probe slot back.
+//!   call, a dropped body) count for nothing and give a probe slot back — except a call cut off by the
+//!   stack's own timeout (a palisade `TimeoutLayer` above, on its own budget), which is a failure, and
+//!   a call dropped after running past the slow-call threshold, which is slow. So a hung handler trips
+//!   the breaker even with the timeout outside it.
+//! - **Fail fast**: a refusing circuit makes `poll_ready` ready without waiting for the inner service,
+//!   and the call is refused at once (see [`CircuitBreaker`]'s "Readiness").
+//! - **Bounded**: every size the builder takes has a documented maximum ([`MAX_WINDOW_CALLS`],
+//!   [`MAX_WINDOW_SECS`], [`MAX_KEYS`], [`MAX_KEYED_WINDOW_BYTES`]) and is refused above it.
 //! - **Waits grow**: the wait in Open doubles with each consecutive trip (2 s → 60 s by default) plus
 //!   jitter; HalfOpen that never settles (probes that hang) opens again after a maximum wait.
 //! - **Live thresholds**: [`BreakerHandle::set_thresholds`] changes the trip [`Thresholds`] while the
@@ -63,8 +70,11 @@ mod machine;
 mod service;
 mod shared;
 
-pub use config::{BuildError, Builder, Thresholds};
-pub use handle::{BreakerHandle, CircuitState, Counts, KeyedBreakerHandle, Mode};
+pub use config::{
+    BuildError, Builder, Thresholds, MAX_KEYED_WINDOW_BYTES, MAX_KEYS, MAX_WINDOW_CALLS,
+    MAX_WINDOW_SECS,
+};
+pub use handle::{BreakerHandle, CircuitState, Counts, KeyedBreakerHandle, LookupKey, Mode};
 pub use palisade_core::error::CircuitOpen;
 pub use service::{
     CircuitBreaker, CircuitBreakerLayer, KeyedCircuitBreaker, KeyedCircuitBreakerLayer, Recorder,

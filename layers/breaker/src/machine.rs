@@ -377,6 +377,25 @@ impl Machine {
         (w & (STATE_MASK | MODE_MASK) == 0).then(|| gen_of(w))
     }
 
+    /// Whether a call would be refused now, without changing anything (no transition, no probe slot):
+    /// forced open; Open with its wait not over; HalfOpen with every probe slot taken. Never in
+    /// Disabled or MetricsOnly mode. Closed in Normal mode is one load and no clock; `now` is read only
+    /// for Open.
+    #[inline]
+    pub(crate) fn refuses(&self, t: &Limits, now: impl FnOnce() -> u64) -> bool {
+        let w = self.word.load(Ordering::Acquire);
+        if w & (STATE_MASK | MODE_MASK) == 0 {
+            return false;
+        }
+        match (mode_of(w), state_of(w)) {
+            (FORCED_OPEN, _) => true,
+            (DISABLED | METRICS_ONLY, _) | (_, CLOSED) => false,
+            (_, OPEN) => stamp_for(self.open_until.load(Ordering::Acquire), gen_of(w))
+                .is_none_or(|until| now() < until),
+            _ => inflight_of(w) >= t.probes,
+        }
+    }
+
     /// Decides on one call. `now` is read only if the state needs it; `jitter` is asked for extra wait
     /// only when this call re-opens the circuit. Returns the transitions this call caused.
     pub(crate) fn admit(
@@ -869,7 +888,9 @@ impl TimeWindow {
 
     pub(crate) fn stats(&self, second: u64) -> WindowStats {
         let n = self.buckets.len() as u64;
-        let oldest = (second + 1).saturating_sub(n - 1); // stamps of the last n seconds
+        // Stamps of the last n seconds; never 0, the stamp of a bucket unused since it was cleared
+        // (during the first n seconds of the breaker's life, `second + 1 - (n - 1)` would reach it).
+        let oldest = (second + 1).saturating_sub(n - 1).max(1);
         let mut s = WindowStats::default();
         for b in self.buckets.iter() {
             let stamp = b.second.load(Ordering::Acquire);
@@ -884,9 +905,14 @@ impl TimeWindow {
         s
     }
 
+    /// Empties the window: every bucket unused (stamp 0, which [`stats`](Self::stats) never counts) and
+    /// zeroed, whatever the breaker's age.
     fn clear(&self) {
         for b in self.buckets.iter() {
-            b.second.store(0, Ordering::Relaxed);
+            b.second.store(0, Ordering::Release);
+            b.calls.store(0, Ordering::Relaxed);
+            b.failures.store(0, Ordering::Relaxed);
+            b.slow.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -1161,6 +1187,26 @@ mod tests {
             }
         );
         assert_eq!(w.stats(100), WindowStats::default());
+    }
+
+    #[test]
+    fn a_cleared_time_window_is_empty_at_any_age() {
+        let w = TimeWindow::new(3600);
+        for second in [0, 5, 9] {
+            w.record(Recorded::FAILURE, second);
+        }
+        w.clear();
+        // Within the first window-length of the breaker's life.
+        assert_eq!(w.stats(10), WindowStats::default());
+        w.record(Recorded::FAILURE, 10);
+        assert_eq!(
+            w.stats(10),
+            WindowStats {
+                calls: 1,
+                failures: 1,
+                slow: 0
+            }
+        );
     }
 }
 

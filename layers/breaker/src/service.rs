@@ -71,14 +71,41 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
         CircuitBreaker {
             inner,
             circuit: self.circuit.clone(),
+            refusing: false,
         }
     }
 }
 
 /// A service behind a circuit breaker. Made by [`CircuitBreakerLayer`].
+///
+/// # Readiness
+///
+/// A breaker that refuses must refuse at once, even when the inner service is not ready (a saturated
+/// concurrency limit, a full channel buffer): waiting for capacity only to be refused is the opposite
+/// of failing fast. So `poll_ready` looks at the circuit first:
+///
+/// - **Refusing** (forced open; Open and its wait not over; HalfOpen with every probe slot taken):
+///   `poll_ready` returns `Ready(Ok(()))` *without polling the inner service*, and the service
+///   remembers that it vouched for a refusal. The next `call` refuses with [`CircuitOpen`] and never
+///   calls the inner service — also if the circuit started admitting in between (its wait ended, an
+///   operator closed it): the inner service was never made ready, so calling it would break its
+///   contract (a `ConcurrencyLimit` panics). Such a call gets `CircuitOpen` with no `retry_after`, and
+///   the next `poll_ready` waits for the inner service as usual.
+/// - **Otherwise** (Closed, a probe slot free, the wait over, Disabled, MetricsOnly): `poll_ready`
+///   delegates to the inner service, and `call` decides admission as always (one atomic load when
+///   Closed). A caller already waiting in `poll_ready` when the circuit opens is woken by the inner
+///   service, not by the breaker.
+///
+/// The vouched-for refusal belongs to this instance: a clone starts without it, as it starts without
+/// the inner service's readiness.
+///
+/// A [`KeyedCircuitBreaker`] cannot do the same: the key, and so the circuit, is known only in `call`.
 pub struct CircuitBreaker<S, C = palisade_core::classify::Grpc> {
     inner: S,
     circuit: Arc<Circuit<C>>,
+    /// `poll_ready` returned `Ready` without the inner service because the circuit refused: the next
+    /// `call` refuses without calling it.
+    refusing: bool,
 }
 
 impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
@@ -86,6 +113,7 @@ impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
         CircuitBreaker {
             inner: self.inner.clone(),
             circuit: self.circuit.clone(),
+            refusing: false,
         }
     }
 }
@@ -110,13 +138,35 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Fail fast: a refusing circuit does not wait for the inner service (see "Readiness").
+        if self.circuit.refuses() {
+            self.refusing = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.refusing = false;
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if self.refusing {
+            self.refusing = false;
+            return rejected(self.circuit.refuse());
+        }
         dispatch(&mut self.inner, &self.circuit, req)
+    }
+}
+
+#[cold]
+fn rejected<F, C>(retry_after: Option<u64>) -> ResponseFuture<F, C> {
+    ResponseFuture {
+        state: State::Rejected {
+            err: Some(CircuitOpen::new(
+                retry_after.map(std::time::Duration::from_nanos),
+            )),
+        },
     }
 }
 
@@ -146,13 +196,7 @@ where
                 },
             }
         }
-        Admission::Reject { retry_after } => ResponseFuture {
-            state: State::Rejected {
-                err: Some(CircuitOpen::new(
-                    retry_after.map(std::time::Duration::from_nanos),
-                )),
-            },
-        },
+        Admission::Reject { retry_after } => rejected(retry_after),
     }
 }
 
@@ -239,6 +283,9 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    /// Delegates to the inner service: the circuit is known only in `call`, from the request's key, so
+    /// an open key's calls wait for the inner service like any other, then are refused at once in
+    /// `call` without reaching it (unlike the unkeyed [`CircuitBreaker`], see its "Readiness").
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
@@ -263,8 +310,9 @@ impl<B, C: Classify<Response<B>>> ClassifyEosOf<B> for C {
     type Eos = C::Eos;
 }
 
-/// Records one admitted call's outcome in its circuit, exactly once: when the outcome is known, or as
-/// `Ignored` if it is dropped first (a cancelled call gives a probe slot back).
+/// Records one admitted call's outcome in its circuit, exactly once: when the outcome is known, or when
+/// it is dropped first — as a failure if the stack's own timeout cut it off, as slow if it had run past
+/// the slow-call threshold, otherwise as `Ignored` (a cancelled call gives a probe slot back).
 pub struct Recorder<C> {
     armed: Option<Armed<C>>,
 }
@@ -320,7 +368,41 @@ impl<C> OnOutcome for Recorder<C> {
 
 impl<C> Drop for Recorder<C> {
     fn drop(&mut self) {
-        self.finish(Outcome::Ignored);
+        if self.armed.is_some() {
+            self.dropped();
+        }
+    }
+}
+
+impl<C> Recorder<C> {
+    /// The call was dropped before its outcome was known. It counts for nothing (a probe slot comes
+    /// back) unless it says something about the dependency:
+    ///
+    /// - dropped by the stack's own deadline (a palisade timeout above fired:
+    ///   [`palisade_core::deadline::expiring`]): a **failure**, and slow if slow calls are timed and
+    ///   it ran past the threshold;
+    /// - dropped for another reason (the client went away) after running at least the slow-call
+    ///   threshold: **slow** (not a failure: it might have succeeded).
+    #[cold]
+    fn dropped(&mut self) {
+        let Some(a) = self.armed.take() else { return };
+        let timed_out = palisade_core::deadline::expiring();
+        let slow = a.start.is_some_and(|start| {
+            a.circuit
+                .common
+                .slow_threshold()
+                .is_some_and(|threshold| start.elapsed() >= threshold)
+        });
+        let recorded = if timed_out || slow {
+            Recorded {
+                failure: timed_out,
+                slow,
+                ignored: false,
+            }
+        } else {
+            Recorded::IGNORED
+        };
+        a.circuit.record(a.role, a.gen, recorded);
     }
 }
 

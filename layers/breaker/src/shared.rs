@@ -188,6 +188,30 @@ impl<C> Circuit<C> {
         self.admit_slow()
     }
 
+    /// Whether a call would be refused now (see [`Machine::refuses`]): one atomic load when Closed.
+    #[inline]
+    pub(crate) fn refuses(&self) -> bool {
+        let c = &*self.common;
+        self.machine.refuses(&c.limits, || c.now())
+    }
+
+    /// Refuses one call without calling the inner service, which was not made ready: the decision
+    /// `poll_ready` vouched for. If the circuit has started admitting meanwhile (the wait ended, an
+    /// operator closed it), the admission is given back at once (a probe slot returns) and the call is
+    /// still refused, with no `retry_after`: calling a service that was never made ready would break
+    /// its contract.
+    #[cold]
+    pub(crate) fn refuse(&self) -> Option<u64> {
+        match self.admit() {
+            Admission::Reject { retry_after } => retry_after,
+            Admission::Admit { role, gen } => {
+                self.record(role, gen, Recorded::IGNORED);
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
     #[cold]
     fn admit_slow(&self) -> Admission {
         let c = &*self.common;
@@ -444,7 +468,8 @@ impl<C, K> Keyed<C, K> {
             Ok(key) => key,
             Err(_) => return self.default.clone(),
         };
-        let hash = self.map.hash(&key);
+        // The canonical hash, by which the handle finds keys (`KeyedBreakerHandle::get`).
+        let hash = self.map.hash(&crate::handle::Canonical(&key));
         self.map
             .get_or_insert_with(hash, Instant::now(), || {
                 let mut label = format!("{key:?}");

@@ -149,6 +149,55 @@ pub fn refresh_grpc_timeout<B>(req: &mut Request<B>) -> Result<(), Elapsed> {
     Ok(())
 }
 
+thread_local! {
+    /// How many [`expire`] scopes are running on this thread (nested timeouts nest).
+    static EXPIRING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `cancel` — dropping the work of a request whose deadline has passed — telling what it drops
+/// why: while `cancel` runs, [`expiring`] is true on this thread.
+///
+/// A timeout layer (`palisade_timeout::TimeoutLayer`) calls it when its own budget runs out, and drops
+/// the inner future inside it, at once. A circuit breaker below it (`palisade-breaker`) asks
+/// [`expiring`] when its response future is dropped before the outcome is known: a call cut off by
+/// the stack's deadline is a timeout, which the breaker counts as a failure, while a call dropped for
+/// any other reason (the client went away, a hedge won) counts for nothing. Nothing is read or written
+/// on the request path; only a timeout that fires pays two thread-local writes.
+///
+/// ```
+/// use palisade_core::deadline::{expire, expiring};
+///
+/// struct Work;
+/// impl Drop for Work {
+///     fn drop(&mut self) {
+///         assert!(expiring()); // dropped because the deadline passed
+///     }
+/// }
+///
+/// let work = Work;
+/// assert!(!expiring());
+/// expire(|| drop(work));
+/// assert!(!expiring());
+/// ```
+pub fn expire<R>(cancel: impl FnOnce() -> R) -> R {
+    struct Scope;
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            EXPIRING.with(|e| e.set(e.get().saturating_sub(1)));
+        }
+    }
+    EXPIRING.with(|e| e.set(e.get().saturating_add(1)));
+    // Ends the scope even if a destructor panics.
+    let _scope = Scope;
+    cancel()
+}
+
+/// Whether this thread is inside [`expire`]: the work being dropped now is being dropped because its
+/// request's deadline passed.
+pub fn expiring() -> bool {
+    EXPIRING.with(|e| e.get() != 0)
+}
+
 /// The `grpc-timeout` header name.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 

@@ -18,6 +18,13 @@ pin_project! {
     /// measured from the end of the first poll. The inner future keeps priority: a response that is ready
     /// at the same poll as the deadline wins.
     ///
+    /// When the budget runs out, the inner future is dropped at once, before `Elapsed` is returned. If
+    /// the budget was the layer's own (not lowered by a caller's `grpc-timeout` or deadline header, nor
+    /// by an earlier [`Deadline`](palisade_core::deadline::Deadline)), it is dropped inside
+    /// [`palisade_core::deadline::expire`], so that a circuit breaker below counts the call it cuts off
+    /// as a timeout failure; a caller who asked for less than the server allows gets `Elapsed` without
+    /// charging the server's breaker.
+    ///
     /// Dropping this future drops the inner future and the timer with it.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
@@ -37,7 +44,11 @@ pin_project! {
             #[pin]
             timer: Timer,
             budget: Duration,
+            // The budget is the layer's own, not a caller's shorter deadline.
+            own: bool,
         },
+        // The budget ran out: the inner future has been dropped.
+        TimedOut { budget: Duration },
         // The budget was zero (e.g. `grpc-timeout: 0m`): the deadline passed before the call, so the inner
         // service was not called.
         Expired,
@@ -60,12 +71,13 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     /// A future running `inner` under `budget`; the timer is not armed yet.
-    pub(crate) fn new(inner: F, budget: Duration) -> Self {
+    pub(crate) fn new(inner: F, budget: Duration, own: bool) -> Self {
         ResponseFuture {
             kind: Kind::Running {
                 inner,
                 timer: Timer::Idle,
                 budget,
+                own,
             },
         }
     }
@@ -99,12 +111,15 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (inner, mut timer, budget) = match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        let (inner, mut timer, budget, own) = match kind.as_mut().project() {
             KindProj::Running {
                 inner,
                 timer,
                 budget,
-            } => (inner, timer, *budget),
+                own,
+            } => (inner, timer, *budget, *own),
+            KindProj::TimedOut { budget } => return Poll::Ready(Err(Elapsed::new(*budget).into())),
             KindProj::Expired => return Poll::Ready(Err(elapsed(Duration::ZERO))),
         };
         if let Poll::Ready(out) = inner.poll(cx) {
@@ -118,10 +133,22 @@ where
         }
         if let TimerProj::Armed { sleep } = timer.project() {
             if sleep.poll(cx).is_ready() {
+                time_out(kind, budget, own);
                 return Poll::Ready(Err(elapsed(budget)));
             }
         }
         Poll::Pending
+    }
+}
+
+/// Drops the inner future now that the budget has run out: inside
+/// [`expire`](palisade_core::deadline::expire) when the budget was the layer's own.
+#[cold]
+fn time_out<F>(mut kind: Pin<&mut Kind<F>>, budget: Duration, own: bool) {
+    if own {
+        palisade_core::deadline::expire(|| kind.set(Kind::TimedOut { budget }));
+    } else {
+        kind.set(Kind::TimedOut { budget });
     }
 }
 
@@ -161,6 +188,7 @@ mod tests {
         let mut fut = std::pin::pin!(ResponseFuture::new(
             std::future::ready(Ok::<_, BoxError>(1)),
             Duration::from_secs(1),
+            true,
         ));
         assert!(!fut.is_armed());
         assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
@@ -172,7 +200,8 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let mut fut = std::pin::pin!(ResponseFuture::new(
             PendingOnce(false),
-            Duration::from_secs(1)
+            Duration::from_secs(1),
+            true,
         ));
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert!(fut.is_armed());

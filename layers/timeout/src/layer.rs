@@ -108,16 +108,18 @@ pub(crate) struct Config<O> {
 
 impl<O> Config<O> {
     /// The request's effective budget: its [`TimeoutOverride`] extension, else the closure's answer, else
-    /// the default; then capped by the deadline headers that are enabled and well-formed.
+    /// the default; then capped by the deadline headers that are enabled and well-formed. The flag is
+    /// whether the budget is this layer's own (not lowered by a caller's deadline header).
     #[inline]
-    pub(crate) fn budget<B>(&self, req: &Request<B>) -> Duration
+    pub(crate) fn budget<B>(&self, req: &Request<B>) -> (Duration, bool)
     where
         O: OverrideTimeout<Request<B>>,
     {
-        let mut budget = match req.extensions().get::<TimeoutOverride>() {
+        let own = match req.extensions().get::<TimeoutOverride>() {
             Some(o) => o.0,
             None => self.override_fn.timeout_for(req).unwrap_or(self.timeout),
         };
+        let mut budget = own;
         if self.read_grpc {
             if let Some(d) = req
                 .headers()
@@ -136,7 +138,7 @@ impl<O> Config<O> {
                 budget = budget.min(d);
             }
         }
-        budget
+        (budget, budget == own)
     }
 }
 

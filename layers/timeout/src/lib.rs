@@ -16,7 +16,10 @@
 //!   as `grpc-timeout` on the requests it forwards, and records a [`Deadline`] so that retries below it
 //!   send the time that is left (see [below](#retries-get-the-time-that-is-left)). Malformed headers are ignored (the local budget
 //!   applies); parsing never panics or overflows (see [`headers`]).
-//! - **Cancellation.** Dropping the response future drops the inner future and the timer.
+//! - **Cancellation.** Dropping the response future drops the inner future and the timer. When the
+//!   budget runs out, the inner future is dropped at once; if the budget was the layer's own (not a
+//!   caller's shorter deadline), inside [`palisade_core::deadline::expire`], so that a circuit breaker
+//!   below counts the call as a timeout failure.
 //!
 //! ```
 //! use palisade_core::error::{BoxError, Elapsed};

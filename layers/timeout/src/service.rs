@@ -84,17 +84,19 @@ where
     #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = &*self.config;
-        let mut budget = config.budget(&req);
+        let (mut budget, mut own) = config.budget(&req);
         if config.propagate_grpc && !budget.is_zero() {
             // The only extension work and clock read of this layer, and only when propagating: cap by a
             // deadline already on the request, record ours, write `grpc-timeout`.
-            budget = propagate(&mut req, budget);
+            let capped = propagate(&mut req, budget);
+            own &= capped == budget;
+            budget = capped;
         }
         if budget.is_zero() {
             // The deadline passed before the call (`grpc-timeout: 0m`, a zero override, an outer
             // deadline already gone): starting work nobody waits for would only add load.
             return ResponseFuture::expired();
         }
-        ResponseFuture::new(self.inner.call(req), budget)
+        ResponseFuture::new(self.inner.call(req), budget, own)
     }
 }
