@@ -5,8 +5,10 @@
 //!
 //! - [`HealthEndpoint::liveness`] / [`HealthEndpoint::readiness`]: `200` when the report is available,
 //!   `503` otherwise, with a JSON body listing every component, its state, reason and since-when. Add
-//!   `?verbose` for each component's details (how long it has held its state, check counters and last
-//!   error). `HEAD` answers the status without a body; other methods get `405`.
+//!   `?verbose` (or `verbose=true`, `verbose=1`) for each component's details (how long it has held
+//!   its state, check counters and last error); `verbose=false` and `verbose=0` leave them out, and
+//!   any other value of `verbose` is a `400` with a JSON error. `HEAD` answers the status without a
+//!   body; other methods get `405`.
 //! - [`StatusEndpoint`]: `GET` a JSON snapshot of every registered layer handle (breaker states, rate-limit
 //!   rejects per tier, bulkhead usage, gate level, audit head, ...), from a [`StatusRegistry`].
 //!
@@ -159,16 +161,23 @@ impl HealthEndpoint {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return res;
         }
+        let verbose = match parse_verbose(query) {
+            Ok(verbose) => verbose,
+            Err(()) => {
+                let body = if method == Method::HEAD {
+                    ""
+                } else {
+                    r#"{"error":"invalid query parameter `verbose`: use verbose, verbose=true, verbose=1, verbose=false or verbose=0"}"#
+                };
+                return json_response(StatusCode::BAD_REQUEST, body);
+            }
+        };
         let report = self.report();
         let status = if report.status() >= self.fail_when {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::OK
         };
-        let verbose = query.is_some_and(|q| {
-            q.split('&')
-                .any(|p| p == "verbose" || p.starts_with("verbose="))
-        });
         let body = if method == Method::HEAD {
             Bytes::new()
         } else {
@@ -176,6 +185,25 @@ impl HealthEndpoint {
         };
         json_response(status, body)
     }
+}
+
+/// The `verbose` query parameter, parsed strictly: absent, `false` or `0` is off; bare, empty,
+/// `true` or `1` is on (exact, lowercase); the last occurrence wins; any other value is an error.
+/// Other parameters are ignored.
+fn parse_verbose(query: Option<&str>) -> Result<bool, ()> {
+    let mut verbose = false;
+    for pair in query.unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "verbose" {
+            continue;
+        }
+        verbose = match value {
+            "" | "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(()),
+        };
+    }
+    Ok(verbose)
 }
 
 /// The report as JSON; without `verbose`, each component is name, kind, state, reason and since.

@@ -127,6 +127,36 @@ async fn readiness_follows_the_breaker() {
     let verbose = json(&body);
     assert!(verbose["components"][0]["for_ms"].is_u64());
     assert!(verbose["components"][0].get("check").is_some());
+    // The value is parsed strictly: true/1/empty turn details on, false/0 off, anything else is 400.
+    for (query, details) in [
+        ("verbose=true", true),
+        ("verbose=1", true),
+        ("verbose=", true),
+        ("a=b&verbose", true),
+        ("verbose=false", false),
+        ("verbose=0", false),
+        ("verbose=true&verbose=false", false),
+        ("verbosely=1", false),
+    ] {
+        let (status, body) = send(addr, Method::GET, &format!("/readyz?{query}")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{query}");
+        let c = &json(&body)["components"][0];
+        assert_eq!(c.get("for_ms").is_some(), details, "?{query}: {c}");
+        assert_eq!(c.get("check").is_some(), details, "?{query}: {c}");
+    }
+    for query in [
+        "verbose=yes",
+        "verbose=False",
+        "verbose=2",
+        "verbose=true%00",
+    ] {
+        let (status, body) = send(addr, Method::GET, &format!("/readyz?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "?{query}");
+        assert!(
+            json(&body)["error"].as_str().unwrap().contains("verbose"),
+            "?{query}"
+        );
+    }
 
     let (status, body) = send(addr, Method::HEAD, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -66,8 +66,10 @@
 //!
 //! # Lifetimes
 //!
-//! - Registering a name that is already registered returns a handle to the **existing** component
-//!   (its kind is unchanged); use [`Health::try_register`] to get an error instead.
+//! - Components never alias: [`Health::register`] on a name that is already registered registers
+//!   a **new** component under the first free name of `name#2`, `name#3`, ... (so two layers of the
+//!   same name each show their own state); use [`Health::try_register`] to get an error instead,
+//!   and [`Health::component`] to get a handle to an existing component.
 //!   [`Health::add_check`] on a taken name is always an error.
 //! - A component stays registered until it is deregistered: [`Component::deregister`],
 //!   [`Health::deregister`], [`CheckHandle::stop`], or dropping a [`ComponentGuard`]
@@ -355,6 +357,13 @@ impl CheckConfig {
     pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
     /// The default [`success_threshold`](Self::success_threshold): 1.
     pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+    /// The longest [`interval`](Self::interval): 1 day.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+    /// The longest [`timeout`](Self::timeout): 1 hour.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// The largest [`failure_threshold`](Self::failure_threshold) and
+    /// [`success_threshold`](Self::success_threshold): 10,000.
+    pub const MAX_THRESHOLD: u32 = 10_000;
 
     /// The default configuration (see the table on [`CheckConfig`]).
     pub fn new() -> Self {
@@ -369,7 +378,8 @@ impl CheckConfig {
     }
 
     /// Time between the starts of two runs. The first run starts at once; a run that takes longer
-    /// than the interval delays the next one rather than causing a burst. Must be non-zero.
+    /// than the interval delays the next one rather than causing a burst. Must be non-zero and at
+    /// most [`MAX_INTERVAL`](Self::MAX_INTERVAL).
     #[must_use]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
@@ -377,7 +387,8 @@ impl CheckConfig {
     }
 
     /// How long one run may take. A run still going after this is cancelled and counts as a failure
-    /// with the reason `"timed out after {timeout:?}"`. Must be non-zero.
+    /// with the reason `"timed out after {timeout:?}"`. Must be non-zero and at most
+    /// [`MAX_TIMEOUT`](Self::MAX_TIMEOUT).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -386,7 +397,7 @@ impl CheckConfig {
 
     /// How many consecutive failures make the component `Unhealthy`, with the last error as the
     /// reason. While it stays unhealthy, each further failure replaces the reason with its own
-    /// error. Must be at least 1.
+    /// error. From 1 to [`MAX_THRESHOLD`](Self::MAX_THRESHOLD).
     #[must_use]
     pub fn failure_threshold(mut self, n: u32) -> Self {
         self.failure_threshold = n;
@@ -394,7 +405,7 @@ impl CheckConfig {
     }
 
     /// How many consecutive successes bring a component that is not `Healthy` back to `Healthy`.
-    /// A failure in between starts the count again. Must be at least 1.
+    /// A failure in between starts the count again. From 1 to [`MAX_THRESHOLD`](Self::MAX_THRESHOLD).
     #[must_use]
     pub fn success_threshold(mut self, m: u32) -> Self {
         self.success_threshold = m;
@@ -413,21 +424,35 @@ impl CheckConfig {
     ///
     /// # Errors
     ///
-    /// [`HealthError::InvalidConfig`] naming the first zero `interval`, `timeout`,
-    /// `failure_threshold` or `success_threshold`.
+    /// [`HealthError::InvalidConfig`] naming the first `interval`, `timeout`,
+    /// `failure_threshold` or `success_threshold` that is zero or above its maximum
+    /// ([`MAX_INTERVAL`](Self::MAX_INTERVAL), [`MAX_TIMEOUT`](Self::MAX_TIMEOUT),
+    /// [`MAX_THRESHOLD`](Self::MAX_THRESHOLD)).
     pub fn validate(&self) -> Result<(), HealthError> {
         let invalid = |field, reason| Err(HealthError::InvalidConfig { field, reason });
         if self.interval.is_zero() {
             return invalid("interval", "must be greater than zero");
         }
+        if self.interval > Self::MAX_INTERVAL {
+            return invalid("interval", "must be at most 1 day");
+        }
         if self.timeout.is_zero() {
             return invalid("timeout", "must be greater than zero");
+        }
+        if self.timeout > Self::MAX_TIMEOUT {
+            return invalid("timeout", "must be at most 1 hour");
         }
         if self.failure_threshold == 0 {
             return invalid("failure_threshold", "must be at least 1");
         }
+        if self.failure_threshold > Self::MAX_THRESHOLD {
+            return invalid("failure_threshold", "must be at most 10000");
+        }
         if self.success_threshold == 0 {
             return invalid("success_threshold", "must be at least 1");
+        }
+        if self.success_threshold > Self::MAX_THRESHOLD {
+            return invalid("success_threshold", "must be at most 10000");
         }
         Ok(())
     }
@@ -745,30 +770,49 @@ impl Health {
         Self::default()
     }
 
-    /// Registers a component whose owner pushes its state, starting `Healthy`.
+    /// Registers a new component whose owner pushes its state, starting `Healthy`.
     ///
-    /// If `name` is already registered, returns a handle to the existing component (its kind and
-    /// state unchanged), so that registering is idempotent; [`Health::try_register`] reports the
-    /// clash instead. The component stays registered until deregistered; see
-    /// [`Component::deregister`] and [`Component::deregister_on_drop`].
+    /// Every call registers a component of its own: two owners never share (alias) one. If `name`
+    /// is taken, the new component gets the first free name of `name#2`, `name#3`, ... (read it
+    /// with [`Component::name`]) and a `warn` event says so; the existing component is untouched.
+    /// This is what layers call, so two layers of the same name on one `Health` (two unnamed
+    /// gates, say) each report their own state, and dropping one removes only its own component.
+    /// Use [`Health::try_register`] to get an error for a taken name instead, and
+    /// [`Health::component`] for a handle to an existing component.
+    ///
+    /// The component stays registered until deregistered; see [`Component::deregister`] and
+    /// [`Component::deregister_on_drop`].
     pub fn register(&self, name: impl Into<Cow<'static, str>>, kind: ComponentKind) -> Component {
-        let name = name.into();
-        let inner = {
+        let requested = name.into();
+        let (inner, renamed) = {
             let mut map = lock(&self.inner.components);
-            match map.get(&*name) {
-                Some(existing) => Arc::clone(existing),
-                None => {
-                    let component = Arc::new(ComponentInner::new(
-                        name.clone(),
-                        kind,
-                        None,
-                        HealthState::Healthy,
-                    ));
-                    map.insert(name, Arc::clone(&component));
-                    component
-                }
-            }
+            let name = if map.contains_key(&*requested) {
+                // Linear in the number of clashes for this name: registration is not a hot path.
+                let free = (2u64..)
+                    .map(|n| format!("{requested}#{n}"))
+                    .find(|candidate| !map.contains_key(candidate.as_str()))
+                    .unwrap_or_else(|| format!("{requested}#"));
+                Cow::Owned(free)
+            } else {
+                requested.clone()
+            };
+            let renamed = name != requested;
+            let component = Arc::new(ComponentInner::new(
+                name.clone(),
+                kind,
+                None,
+                HealthState::Healthy,
+            ));
+            map.insert(name, Arc::clone(&component));
+            (component, renamed)
         };
+        if renamed {
+            tracing::warn!(
+                requested = %requested,
+                component = %inner.name,
+                "health component name already taken; registered under a distinct name"
+            );
+        }
         self.handle(inner)
     }
 

@@ -762,3 +762,39 @@ async fn works_on_paused_time() {
     assert_eq!(ring.len(), 2);
     check(&ring.records(), audit.head().as_ref()).unwrap();
 }
+
+#[tokio::test]
+async fn audit_builder_sizes_are_bounded() {
+    use palisade_core::audit::{
+        BuildError, MemorySink, MAX_BATCH, MAX_COMMIT_INTERVAL, MAX_QUEUE_CAPACITY,
+    };
+    let builder = || {
+        Audit::builder()
+            .key(AuditKey::generate())
+            .sink(MemorySink::new(1))
+    };
+    let too_large = [
+        (
+            builder().queue_capacity(MAX_QUEUE_CAPACITY + 1),
+            "queue_capacity",
+        ),
+        (builder().queue_capacity(usize::MAX), "queue_capacity"),
+        (builder().max_batch(MAX_BATCH + 1), "max_batch"),
+        (builder().max_batch(usize::MAX), "max_batch"),
+        (
+            builder().commit_interval(MAX_COMMIT_INTERVAL + Duration::from_millis(1)),
+            "commit_interval",
+        ),
+    ];
+    for (b, setting) in too_large {
+        let err = b.build().unwrap_err();
+        assert_eq!(err, BuildError::AboveMaximum { setting });
+        assert!(err.to_string().contains(setting), "{err}");
+    }
+    builder()
+        .queue_capacity(MAX_QUEUE_CAPACITY)
+        .max_batch(MAX_BATCH)
+        .commit_interval(MAX_COMMIT_INTERVAL)
+        .build()
+        .expect("the maxima are accepted");
+}

@@ -374,20 +374,114 @@ async fn audit_torn_last_line_is_cut_on_open() {
 }
 
 #[tokio::test]
-async fn audit_complete_garbage_lines_at_the_end_are_reported_then_cut_on_open() {
+async fn audit_complete_garbage_lines_at_the_end_are_damage_kept_on_open() {
     let dir = TempDir::new("garbage-end");
     let head = append(dir.path(), u64::MAX, 1, 4).await;
     let file = dir.join("audit-000001.jsonl");
     let good = fs::read(&file).unwrap();
-    append_bytes(&file, b"{\"seq\":5,\"ts_\n\0\0\0\n{\"half");
-    // A complete line that is not a record is damage to the verifier...
-    assert_eq!(check(dir.path(), &head), (5, VerifyErrorKind::Modified));
-    // ...but recovery keeps exactly the lines up to the last complete record.
+    let garbage = b"{\"seq\":5,\"ts_\n";
+    append_bytes(&file, garbage);
+    append_bytes(&file, b"\0\0\0\n{\"half");
+    // A complete line that is not a record is damage to the verifier, and says what it is...
+    let err = verify_path(dir.path(), &key(), Some(&head)).unwrap_err();
+    assert_eq!(
+        err.damage(),
+        Some(VerifyError {
+            seq: 5,
+            kind: VerifyErrorKind::Unreadable
+        })
+    );
+    assert!(err.to_string().contains("not a readable record"), "{err}");
+    // ...and recovery cuts only the torn tail (from the line with the zero bytes), never a
+    // complete line: the evidence stays for the verifier.
     let sink = FileSink::open(dir.path()).unwrap();
     assert_eq!(sink.head(), Some(head));
-    assert_eq!(sink.recovery().unwrap().offset, good.len() as u64);
+    let torn = sink.recovery().expect("the zero-filled tail is cut");
+    assert_eq!(torn.offset, (good.len() + garbage.len()) as u64);
+    drop(sink);
+    assert_eq!(fs::read(&file).unwrap(), [&good[..], &garbage[..]].concat());
+    assert_eq!(check(dir.path(), &head), (5, VerifyErrorKind::Unreadable));
+}
+
+#[tokio::test]
+async fn audit_a_zero_filled_page_after_power_loss_is_a_torn_tail() {
+    let dir = TempDir::new("zero-page");
+    let head = append(dir.path(), u64::MAX, 1, 5).await;
+    let file = dir.join("audit-000001.jsonl");
+    let good = fs::read(&file).unwrap();
+    let last_line = fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    // The unsynced batch after record 5: its first page never reached the disk (reads as zeros),
+    // the page after it did, ending in complete lines.
+    let mut tail = vec![0u8; 4096];
+    tail.extend_from_slice(b"\",\"hash\":\"00\"}\n");
+    tail.extend_from_slice(last_line.as_bytes());
+    tail.push(b'\n');
+    append_bytes(&file, &tail);
+
+    let report = verify_path(dir.path(), &key(), Some(&head)).expect("a torn tail, not damage");
+    assert_eq!(report.records, 5);
+    let torn = report.torn_tail.expect("reported");
+    assert_eq!(
+        (torn.offset, torn.len),
+        (good.len() as u64, tail.len() as u64)
+    );
+
+    let sink = FileSink::open(dir.path()).unwrap();
+    assert_eq!(sink.head(), Some(head));
+    assert_eq!(sink.recovery().map(|t| t.len), Some(tail.len() as u64));
     drop(sink);
     assert_eq!(fs::read(&file).unwrap(), good);
+    let head = append(dir.path(), u64::MAX, 6, 7).await;
+    verify_path(dir.path(), &key(), Some(&head)).unwrap();
+}
+
+#[tokio::test]
+async fn audit_records_the_reader_cannot_read_are_refused_and_counted() {
+    let dir = TempDir::new("too-deep");
+    let sink = FileSink::open(dir.path()).unwrap();
+    let audit = Audit::builder().key(key()).sink(sink).build().unwrap();
+    let mut deep = serde_json::json!(1);
+    for _ in 0..200 {
+        deep = serde_json::json!([deep]);
+    }
+    audit.record(event(1));
+    audit.record(
+        AuditEvent::new("chaos.injected")
+            .tenant("acme")
+            .detail("deep", deep),
+    );
+    let mut fine = serde_json::json!(1);
+    for _ in 0..palisade_core::audit::MAX_DETAILS_DEPTH - 1 {
+        fine = serde_json::json!([fine]);
+    }
+    audit.record(AuditEvent::new("deep.but.fine").details(fine));
+    audit.flush().await.expect("acknowledged");
+    let head = audit.head().unwrap();
+    assert_eq!(head.seq, 3);
+    assert_eq!(audit.dropped_total(), 1, "the refused event is counted");
+
+    // What the writer acknowledged, the reader reads back.
+    let report = verify_path(dir.path(), &key(), Some(&head)).expect("verifies");
+    assert_eq!(report.records, 3);
+    drop(audit);
+    let sink = FileSink::open(dir.path()).unwrap();
+    assert_eq!(sink.recovery(), None);
+    assert_eq!(sink.head(), Some(head));
+    let files = read_files(dir.path());
+    let refused = record_at(&files, 2);
+    assert_eq!(refused.kind, palisade_core::audit::REFUSED_KIND);
+    assert_eq!(refused.tenant.as_deref(), Some("acme"));
+    assert_eq!(refused.details["kind"], "chaos.injected");
+    assert!(refused.details["reason"]
+        .as_str()
+        .unwrap()
+        .contains("nest deeper than"));
+    assert_eq!(record_at(&files, 3).kind, "deep.but.fine");
 }
 
 #[tokio::test]
@@ -403,7 +497,7 @@ async fn audit_damage_before_the_last_record_is_left_alone_on_open() {
     assert_eq!(sink.recovery(), None);
     drop(sink);
     assert_eq!(fs::read(&files[0].0).unwrap(), before);
-    assert_eq!(check(dir.path(), &head), (3, VerifyErrorKind::Modified));
+    assert_eq!(check(dir.path(), &head), (3, VerifyErrorKind::Unreadable));
 }
 
 #[tokio::test]
@@ -498,6 +592,11 @@ async fn audit_every_flipped_byte_is_found_at_its_record() {
             // The last newline gone: the last record looks torn and is ignored, so the log no
             // longer reaches the head.
             VerifyErrorKind::Truncated
+        } else if pos == line.len()
+            || serde_json::from_slice::<AuditRecord>(&bytes[..line.len()]).is_err()
+        {
+            // The line no longer parses (or, its newline gone, runs into the next one).
+            VerifyErrorKind::Unreadable
         } else if (hash_at..hash_at + 64).contains(&pos) && flipped.is_ascii_hexdigit() {
             VerifyErrorKind::Forged
         } else {
@@ -568,12 +667,12 @@ async fn audit_tampering_is_found_at_the_right_sequence_number() {
         let (f, l) = locate(files, 9);
         files[f].1[l] = "{\"seq\":9}".to_owned();
     });
-    assert_eq!(found, (9, VerifyErrorKind::Modified));
+    assert_eq!(found, (9, VerifyErrorKind::Unreadable));
     let (found, _) = tamper(&|files| {
         let (f, l) = locate(files, 5);
         files[f].1.insert(l, String::new());
     });
-    assert_eq!(found, (5, VerifyErrorKind::Modified));
+    assert_eq!(found, (5, VerifyErrorKind::Unreadable));
 
     // Deleted lines: in the middle of a file, and the first of a file.
     let (found, _) = tamper(&|files| {

@@ -621,16 +621,47 @@ mod health_components {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn registering_a_taken_name_returns_the_existing_component() {
+    async fn registering_a_taken_name_gets_a_distinct_component() {
         let health = Health::new();
         let first = health.register("breaker", ComponentKind::Readiness);
         first.degraded("open");
         let second = health.register("breaker", ComponentKind::Liveness);
-        assert_eq!(second.kind(), ComponentKind::Readiness, "kind unchanged");
-        assert_eq!(second.state(), HealthState::Degraded);
-        second.healthy();
-        assert_eq!(first.state(), HealthState::Healthy);
-        assert_eq!(health.report().components().len(), 1);
+        assert_eq!(
+            second.name(),
+            "breaker#2",
+            "a distinct name, never an alias"
+        );
+        assert_eq!(second.kind(), ComponentKind::Liveness, "its own kind");
+        assert_eq!(second.state(), HealthState::Healthy, "its own state");
+        second.unhealthy("down");
+        assert_eq!(
+            first.state(),
+            HealthState::Degraded,
+            "the first is untouched"
+        );
+        let third = health.register("breaker", ComponentKind::Readiness);
+        assert_eq!(third.name(), "breaker#3");
+        let names: Vec<String> = health
+            .report()
+            .components()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        assert_eq!(names, ["breaker", "breaker#2", "breaker#3"]);
+
+        // Deregistering one removes only that one, whichever it is.
+        assert!(second.deregister());
+        assert!(first.is_registered() && third.is_registered());
+        assert!(first.deregister());
+        assert!(third.is_registered());
+        // The freed name is reused, and a name that is taken literally is skipped.
+        assert_eq!(
+            health.register("breaker", ComponentKind::Readiness).name(),
+            "breaker"
+        );
+        health.register("x#2", ComponentKind::Readiness);
+        health.register("x", ComponentKind::Readiness);
+        assert_eq!(health.register("x", ComponentKind::Readiness).name(), "x#3");
 
         let error = health
             .try_register("breaker", ComponentKind::Readiness)
@@ -647,6 +678,32 @@ mod health_components {
             .is_ok());
         assert_eq!(health.component("other").unwrap().name(), "other");
         assert!(health.component("missing").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_guards_of_one_name_never_alias() {
+        // Two layers of the same kind and name (two unnamed gates) on one Health.
+        let health = Health::new();
+        let a = health
+            .register("gate.default", ComponentKind::Readiness)
+            .deregister_on_drop();
+        let b = health
+            .register("gate.default", ComponentKind::Readiness)
+            .deregister_on_drop();
+        b.unhealthy("level maintenance");
+        a.healthy();
+        assert!(
+            !health.readiness().is_available(),
+            "b stays out of rotation"
+        );
+        drop(b);
+        assert!(health.readiness().is_available());
+        assert!(
+            health.readiness().component("gate.default").is_some(),
+            "dropping b removes only b"
+        );
+        drop(a);
+        assert!(health.readiness().components().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -890,5 +947,40 @@ mod health_events {
             assert!(got[0].1.contains("degraded"), "{:?}", got[0]);
             assert!(got[2].1.contains("recovered"), "{:?}", got[2]);
         });
+    }
+}
+
+#[test]
+fn check_config_sizes_are_bounded() {
+    let max = CheckConfig::new()
+        .interval(CheckConfig::MAX_INTERVAL)
+        .timeout(CheckConfig::MAX_TIMEOUT)
+        .failure_threshold(CheckConfig::MAX_THRESHOLD)
+        .success_threshold(CheckConfig::MAX_THRESHOLD);
+    assert_eq!(max.validate(), Ok(()));
+    let over = [
+        (
+            max.interval(CheckConfig::MAX_INTERVAL + Duration::from_secs(1)),
+            "interval",
+        ),
+        (max.interval(Duration::MAX), "interval"),
+        (
+            max.timeout(CheckConfig::MAX_TIMEOUT + Duration::from_secs(1)),
+            "timeout",
+        ),
+        (
+            max.failure_threshold(CheckConfig::MAX_THRESHOLD + 1),
+            "failure_threshold",
+        ),
+        (max.success_threshold(u32::MAX), "success_threshold"),
+    ];
+    for (config, setting) in over {
+        match config.validate() {
+            Err(HealthError::InvalidConfig { field, reason }) => {
+                assert_eq!(field, setting);
+                assert!(reason.contains("at most"), "{reason}");
+            }
+            other => panic!("{setting}: {other:?}"),
+        }
     }
 }

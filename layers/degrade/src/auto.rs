@@ -83,7 +83,7 @@ pub(crate) struct Ring {
 }
 
 const LAT_BITS: u32 = 28;
-const LAT_MAX: u64 = (1 << LAT_BITS) - 1;
+pub(crate) const LAT_MAX: u64 = (1 << LAT_BITS) - 1;
 const OUT_SHIFT: u32 = LAT_BITS;
 const TS_SHIFT: u32 = LAT_BITS + 2;
 const TS_MASK: u64 = (1 << (64 - TS_SHIFT)) - 1;
@@ -182,7 +182,9 @@ pub(crate) struct Auto {
 #[derive(Debug)]
 pub(crate) struct AutoState {
     pub(crate) level: Level,
-    pub(crate) since: Instant,
+    /// Per level (by [`Level::index`]), the last evaluation at which the signals held it (asked for
+    /// it or a higher level); `None` if none has yet. Stepping down is measured from these.
+    pub(crate) held_at: [Option<Instant>; 5],
     /// Reused buffer for the latencies of one evaluation.
     pub(crate) scratch: Vec<u32>,
 }
@@ -242,8 +244,11 @@ impl Auto {
         (want, Cause { trigger: cause })
     }
 
-    /// Moves the automatic level: up at once, down only after the dwell time at the current level.
-    /// Returns the reason when it moved.
+    /// Moves the automatic level: up at once; down only once no evaluation in the last dwell time
+    /// has held the level, i.e. after the signals holding it have been below their leave thresholds
+    /// for the dwell time, continuously (as seen by the evaluations), however long the gate has been
+    /// at the level. It steps down to the highest level an evaluation within the dwell time still
+    /// held (the level the signals ask for now, or above). Returns the reason when it moved.
     pub(crate) fn step(
         &self,
         state: &mut AutoState,
@@ -251,30 +256,51 @@ impl Auto {
         now: Instant,
     ) -> Option<String> {
         let (want, cause) = self.wanted(signals, state.level);
-        let dwelt = now.saturating_duration_since(state.since) >= self.dwell;
-        if want == state.level || (want < state.level && !dwelt) {
-            return None;
+        for held in &mut state.held_at[..=want.index()] {
+            *held = Some(now);
         }
         let from = state.level;
-        state.level = want;
-        state.since = now;
+        let to = if want >= from {
+            want
+        } else {
+            // `held_at` only gets older going up, so the first level (from the top) held within
+            // the dwell is where to stop; `want` itself was held just now.
+            Level::ALL[..=from.index()]
+                .iter()
+                .rev()
+                .copied()
+                .find(|l| {
+                    *l == Level::Normal
+                        || state.held_at[l.index()]
+                            .is_some_and(|t| now.saturating_duration_since(t) < self.dwell)
+                })
+                .unwrap_or(Level::Normal)
+        };
+        if to == from {
+            return None;
+        }
+        state.level = to;
         Some(match cause.trigger {
-            Some((t, v)) if want > from => format!(
+            Some((t, v)) if to > from => format!(
                 "{} {} reached {} (enter threshold for {})",
                 t.kind.name(),
                 t.kind.show(v),
                 t.kind.show(t.enter),
                 t.level
             ),
-            Some((t, v)) => format!(
+            Some((t, v)) if to == want => format!(
                 "{} {} is still at or above {} (leave threshold for {})",
                 t.kind.name(),
                 t.kind.show(v),
                 t.kind.show(t.leave),
                 t.level
             ),
-            None => format!(
+            _ if to == Level::Normal => format!(
                 "every signal below its leave threshold for at least {:?}",
+                self.dwell
+            ),
+            _ => format!(
+                "signals below the leave thresholds above {to} for at least {:?}; {to} was held within it",
                 self.dwell
             ),
         })

@@ -29,6 +29,29 @@ pub const LEVEL_VAR: &str = "PALISADE_GATE_LEVEL";
 
 pub use palisade_core::config::BuildError;
 
+/// The longest [`name`](Builder::name), in bytes: 128.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// The most [`route`](Builder::route) prefixes a gate takes: 1024 (each at most 1024 bytes).
+pub const MAX_ROUTES: usize = 1024;
+
+/// The most `auto_*` triggers a gate takes: 16. Every evaluation checks each.
+pub const MAX_TRIGGERS: usize = 16;
+
+/// The longest [`retry_after`](Builder::retry_after) hint, [`auto_dwell`](Builder::auto_dwell),
+/// [`auto_interval`](Builder::auto_interval) and [`auto_window`](Builder::auto_window): 1 hour.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// The longest [`manual_hold`](Builder::manual_hold): 7 days.
+pub const MAX_MANUAL_HOLD: Duration = Duration::from_secs(7 * 86_400);
+
+/// The highest enter threshold of [`auto_in_flight`](Builder::auto_in_flight): 2³².
+pub const MAX_IN_FLIGHT_THRESHOLD: u64 = 1 << 32;
+
+/// The highest enter threshold of [`auto_latency_p95`](Builder::auto_latency_p95): 268.435455 s,
+/// where the sample ring's latencies saturate (a higher threshold could never be reached).
+pub const MAX_LATENCY_THRESHOLD: Duration = Duration::from_micros(crate::auto::LAT_MAX);
+
 /// The layer name in this crate's [`BuildError`]s.
 pub(crate) const LAYER: &str = "degradation gate";
 
@@ -157,6 +180,8 @@ fn parse_flag(name: &'static str, value: &str) -> Result<bool, BuildError> {
 
 impl<C> Builder<C> {
     /// Names the gate: the health component is `gate.<name>`, and audit records and traces carry it.
+    /// At most [`MAX_NAME_BYTES`] bytes. Two gates of one name on one [`Health`] get distinct
+    /// components (`gate.<name>`, `gate.<name>#2`, ...; see [`Health::register`]).
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
         self
@@ -277,7 +302,8 @@ impl<C> Builder<C> {
 
     /// Requests whose path starts with `prefix`, on a segment boundary, are of class `priority`:
     /// `/api` matches `/api` and `/api/orders` but not `/apis`; `/api/` matches everything under it.
-    /// The longest matching prefix wins. Prefixes must start with `/`.
+    /// The longest matching prefix wins. Prefixes must start with `/`; at most [`MAX_ROUTES`]
+    /// prefixes of at most 1024 bytes each.
     pub fn route(mut self, prefix: impl Into<String>, priority: Priority) -> Self {
         self.routes.push((prefix.into(), priority));
         self
@@ -318,7 +344,7 @@ impl<C> Builder<C> {
     }
 
     /// The `Retry-After` hint on [`Shed`](crate::Shed) and [`ReadOnly`](crate::ReadOnly) rejections
-    /// (default 5 s).
+    /// (default 5 s, at most [`MAX_DURATION`]).
     pub fn retry_after(mut self, hint: Duration) -> Self {
         self.retry_after = Some(hint);
         self
@@ -387,7 +413,8 @@ impl<C> Builder<C> {
     }
 
     /// Automatic mode: go to `level` when `enter` or more requests are in flight through the gate; leave
-    /// when fewer than `leave` are (and the dwell time has passed).
+    /// when fewer than `leave` have been for the dwell time. `enter` is at most
+    /// [`MAX_IN_FLIGHT_THRESHOLD`]. At most [`MAX_TRIGGERS`] triggers in all.
     pub fn auto_in_flight(self, level: Level, enter: u64, leave: u64) -> Self {
         self.trigger(
             "auto_in_flight",
@@ -399,7 +426,9 @@ impl<C> Builder<C> {
     }
 
     /// Automatic mode: go to `level` when the p95 latency over the window reaches `enter`; leave when it
-    /// is below `leave` (and the dwell time has passed).
+    /// has been below `leave` for the dwell time. Thresholds are counted in whole microseconds
+    /// (sub-microsecond parts are dropped; `enter` must be at least 1 µs) and `enter` is at most
+    /// [`MAX_LATENCY_THRESHOLD`].
     pub fn auto_latency_p95(self, level: Level, enter: Duration, leave: Duration) -> Self {
         self.trigger(
             "auto_latency_p95",
@@ -411,7 +440,7 @@ impl<C> Builder<C> {
     }
 
     /// Automatic mode: go to `level` when the error rate over the window reaches `enter` (0–1]; leave
-    /// when it is below `leave` (and the dwell time has passed).
+    /// when it has been below `leave` for the dwell time.
     pub fn auto_error_rate(self, level: Level, enter: f64, leave: f64) -> Self {
         self.trigger(
             "auto_error_rate",
@@ -422,22 +451,26 @@ impl<C> Builder<C> {
         )
     }
 
-    /// Automatic mode: the least time at a level before the gate steps down (default 10 s). Stepping
-    /// up is immediate.
+    /// Automatic mode: how long the signals holding a level must stay below their leave thresholds,
+    /// continuously, before the gate steps down (default 10 s): `auto_dwell(30 s)` with a latency
+    /// trigger leaving at 300 ms leaves only after 30 s below 300 ms. Time at the level before the
+    /// signals dropped does not count; a signal back at or above its leave threshold restarts it.
+    /// Stepping up is immediate. See the [crate docs](crate#automatic-levels).
     pub fn auto_dwell(mut self, dwell: Duration) -> Self {
         self.dwell = dwell;
         self
     }
 
     /// Automatic mode: the request path evaluates the signals at most this often (default 100 ms; zero
-    /// evaluates on every request).
+    /// evaluates on every request; at most [`MAX_DURATION`]).
     pub fn auto_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
     }
 
     /// Automatic mode: the p95 latency and the error rate are over calls that finished in the last
-    /// `window` (default 10 s).
+    /// `window` (default 10 s; above zero and at most [`MAX_DURATION`]; counted in whole milliseconds,
+    /// rounded up).
     pub fn auto_window(mut self, window: Duration) -> Self {
         self.window = window;
         self
@@ -459,8 +492,8 @@ impl<C> Builder<C> {
     }
 
     /// Automatic mode: an operator's level ([`GateHandle::set_level`](crate::GateHandle::set_level))
-    /// holds for `hold`, then the automatic level takes over again. Default: it holds until
-    /// [cleared](crate::GateHandle::clear_manual).
+    /// holds for `hold` (at most [`MAX_MANUAL_HOLD`]), then the automatic level takes over again.
+    /// Default: it holds until [cleared](crate::GateHandle::clear_manual).
     pub fn manual_hold(mut self, hold: Duration) -> Self {
         self.manual_hold = Some(hold);
         self
@@ -472,6 +505,37 @@ impl<C> Builder<C> {
         }
         if let Some(e) = &self.floor_error {
             return Err(e.clone());
+        }
+        if self.name.len() > MAX_NAME_BYTES {
+            return Err(BuildError::new(
+                LAYER,
+                "name",
+                format!("must be at most {MAX_NAME_BYTES} bytes"),
+            ));
+        }
+        if self.routes.len() > MAX_ROUTES {
+            return Err(BuildError::new(
+                LAYER,
+                "route",
+                format!("at most {MAX_ROUTES} prefixes"),
+            ));
+        }
+        if self.triggers.len() > MAX_TRIGGERS {
+            return Err(BuildError::new(
+                LAYER,
+                "auto_*",
+                format!("at most {MAX_TRIGGERS} automatic triggers"),
+            ));
+        }
+        if self.retry_after.is_some_and(|d| d > MAX_DURATION) {
+            return Err(BuildError::new(LAYER, "retry_after", "must be at most 1 h"));
+        }
+        if self.manual_hold.is_some_and(|d| d > MAX_MANUAL_HOLD) {
+            return Err(BuildError::new(
+                LAYER,
+                "manual_hold",
+                "must be at most 7 days",
+            ));
         }
         if self.floors[Level::Degraded.index()] > self.floors[Level::Critical.index()] {
             return Err(BuildError::new(
@@ -527,7 +591,11 @@ impl<C> Builder<C> {
                 return Err(BuildError::new(
                     LAYER,
                     setting,
-                    "thresholds must be numbers, enter above zero",
+                    if t.kind == SignalKind::P95Latency {
+                        "thresholds are counted in whole microseconds; enter must be at least 1 µs"
+                    } else {
+                        "thresholds must be numbers, enter above zero"
+                    },
                 ));
             }
             if t.leave >= t.enter {
@@ -540,9 +608,30 @@ impl<C> Builder<C> {
             if t.kind == SignalKind::ErrorRate && t.enter > 1.0 {
                 return Err(BuildError::new(LAYER, setting, "error rates are in (0, 1]"));
             }
+            if t.kind == SignalKind::InFlight && t.enter > MAX_IN_FLIGHT_THRESHOLD as f64 {
+                return Err(BuildError::new(
+                    LAYER,
+                    setting,
+                    format!("the enter threshold must be at most {MAX_IN_FLIGHT_THRESHOLD}"),
+                ));
+            }
+            if t.kind == SignalKind::P95Latency && t.enter > crate::auto::LAT_MAX as f64 {
+                return Err(BuildError::new(
+                    LAYER,
+                    setting,
+                    format!(
+                        "the enter threshold must be at most {MAX_LATENCY_THRESHOLD:?} (latencies saturate there)"
+                    ),
+                ));
+            }
         }
         if !self.triggers.is_empty() {
-            if self.window.is_zero() || self.window > Duration::from_secs(3600) {
+            for (setting, d) in [("auto_dwell", self.dwell), ("auto_interval", self.interval)] {
+                if d > MAX_DURATION {
+                    return Err(BuildError::new(LAYER, setting, "must be at most 1 h"));
+                }
+            }
+            if self.window.is_zero() || self.window > MAX_DURATION {
                 return Err(BuildError::new(
                     LAYER,
                     "auto_window",
@@ -598,7 +687,9 @@ impl<C> Builder<C> {
             triggers: self.triggers.iter().map(|&(_, t)| t).collect(),
             dwell: self.dwell,
             interval_ns: u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX),
-            window_ms: u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX),
+            // Whole milliseconds, rounded up: a window is never shorter than configured.
+            window_ms: u64::try_from(self.window.as_nanos().div_ceil(1_000_000))
+                .unwrap_or(u64::MAX),
             min_samples: self.min_samples,
             ring: Ring::new(self.samples),
             in_flight: AtomicU64::new(0),
@@ -606,7 +697,7 @@ impl<C> Builder<C> {
         });
         let auto_state = auto.as_ref().map(|a| AutoState {
             level: Level::Normal,
-            since: now,
+            held_at: [None; 5],
             scratch: Vec::with_capacity(a.ring.capacity()),
         });
         let component = self.health.as_ref().map(|h| {
@@ -614,7 +705,16 @@ impl<C> Builder<C> {
                 .deregister_on_drop()
         });
         if let Some(c) = &component {
-            c.healthy();
+            // The state of the level the gate is at before any change: `Normal` (a different
+            // starting level is applied below, as a change). With `health_levels(Normal, _)` the
+            // component is degraded (or unhealthy) from the start, not healthy until a first change.
+            if Level::Normal >= self.unhealthy_at {
+                c.unhealthy("level normal: initial level");
+            } else if Level::Normal >= self.degraded_at {
+                c.degraded("level normal: initial level");
+            } else {
+                c.healthy();
+            }
         }
         let load = self.load.unwrap_or_default();
         load.set(self.load_at[Level::Normal.index()]);

@@ -58,7 +58,8 @@ impl GateHandle {
     }
 
     /// Like [`set_level`](Self::set_level), with a hold of its own: in automatic mode the automatic
-    /// level takes over again after `hold`. Without automatic mode the level simply stays.
+    /// level takes over again after `hold` (a hold too long to represent, such as `Duration::MAX`,
+    /// holds until [cleared](Self::clear_manual)). Without automatic mode the level simply stays.
     pub fn set_level_for(
         &self,
         level: Level,

@@ -72,12 +72,19 @@
 //! `Maintenance` is only ever set by hand), an **enter** threshold and a lower **leave** threshold:
 //!
 //! - the gate goes *up* to a trigger's level at once when its signal reaches `enter`;
-//! - it stays there while the signal is at or above `leave`, and comes *down* only when every trigger
-//!   holding the level has its signal below `leave` **and** the gate has been at the level for the
-//!   dwell time ([`Builder::auto_dwell`], 10 s by default). It then goes to the level the signals
-//!   still hold (possibly a lower trigger's), not necessarily all the way to `Normal`.
+//! - it stays there while the signal is at or above `leave`, and comes *down* only after every
+//!   trigger holding the level has had its signal below `leave` for the dwell time
+//!   ([`Builder::auto_dwell`], 10 s by default), **continuously**: one evaluation that sees a signal
+//!   back at or above `leave` starts the dwell again. Time spent at the level before the signals
+//!   dropped does not count, so a short dip after a long stay does not bring the level down. It then
+//!   goes to the highest level the signals held within the dwell time (possibly a lower trigger's),
+//!   not necessarily all the way to `Normal`.
 //!
-//! So a signal oscillating around the enter threshold does not make the level flap.
+//! So a signal oscillating around the enter threshold, or dipping briefly below the leave threshold,
+//! does not make the level flap. "Continuously" is as seen by the evaluations: the dwell runs from
+//! the last evaluation that saw the level held, so evaluate regularly (the request path does, at most
+//! every [`auto_interval`](Builder::auto_interval); call [`GateHandle::evaluate`] from a timer when
+//! traffic may stop).
 //!
 //! The signals:
 //!
@@ -144,7 +151,10 @@ mod service;
 mod shared;
 
 pub use auto::Signals;
-pub use config::{BuildError, Builder, LEVEL_VAR, READ_ONLY_VAR};
+pub use config::{
+    BuildError, Builder, LEVEL_VAR, MAX_DURATION, MAX_IN_FLIGHT_THRESHOLD, MAX_LATENCY_THRESHOLD,
+    MAX_MANUAL_HOLD, MAX_NAME_BYTES, MAX_ROUTES, MAX_TRIGGERS, READ_ONLY_VAR,
+};
 pub use handle::GateHandle;
 pub use level::{Level, ParseError, Priority};
 pub use palisade_core::error::{ReadOnly, Shed};

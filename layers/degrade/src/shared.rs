@@ -298,7 +298,8 @@ impl Core {
             let now = Instant::now();
             ctl.manual = Some(Manual {
                 level,
-                until: hold.map(|h| now + h),
+                // A hold too long to represent holds until cleared.
+                until: hold.and_then(|h| now.checked_add(h)),
             });
         }
         self.apply(&mut ctl, level, source, reason, None)

@@ -522,6 +522,67 @@ async fn level_changes_show_in_health() {
 }
 
 #[tokio::test]
+async fn two_unnamed_gates_on_one_health_never_alias() {
+    let health = Health::new();
+    let first = GateLayer::builder().health(&health).build().unwrap();
+    let second = GateLayer::builder().health(&health).build().unwrap();
+    let (h1, h2) = (first.handle(), second.handle());
+    h2.set_level(Level::Maintenance, "drain");
+    h1.set_level(Level::Normal, "fine here");
+    assert!(
+        !health.readiness().is_available(),
+        "the gate in maintenance keeps /readyz at 503"
+    );
+    let names: Vec<String> = health
+        .readiness()
+        .components()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    assert_eq!(names, ["gate.default", "gate.default#2"]);
+    // Dropping the healthy gate removes only its own component.
+    drop((first, h1));
+    let report = health.readiness();
+    assert_eq!(report.components().len(), 1);
+    assert_eq!(
+        report.component("gate.default#2").unwrap().state(),
+        HealthState::Unhealthy
+    );
+    drop((second, h2));
+    assert!(health.readiness().components().is_empty());
+}
+
+#[tokio::test]
+async fn health_levels_apply_from_the_start() {
+    let health = Health::new();
+    let _always_degraded = GateLayer::builder()
+        .name("strict")
+        .health(&health)
+        .health_levels(Level::Normal, Level::Maintenance)
+        .build()
+        .unwrap();
+    let report = health.readiness();
+    let c = report.component("gate.strict").expect("registered");
+    assert_eq!(
+        c.state(),
+        HealthState::Degraded,
+        "degraded_at Normal: never healthy"
+    );
+    assert_eq!(c.reason(), Some("level normal: initial level"));
+
+    let _always_out = GateLayer::builder()
+        .name("closed")
+        .health(&health)
+        .health_levels(Level::Normal, Level::Normal)
+        .build()
+        .unwrap();
+    assert_eq!(
+        health.readiness().component("gate.closed").unwrap().state(),
+        HealthState::Unhealthy
+    );
+}
+
+#[tokio::test]
 async fn load_signal_is_published() {
     let gate = GateLayer::builder().build().unwrap();
     let handle = gate.handle();
@@ -710,6 +771,82 @@ async fn leaving_needs_the_leave_threshold_and_the_dwell() {
     // Going up again is immediate, dwell or not.
     hold(&mut svc, &mut held, 8);
     assert_eq!(eval(), Level::Critical);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_dwell_is_time_below_leave_not_time_at_the_level() {
+    // README: `.auto_dwell(30s) // leave only after 30 s below` the leave threshold.
+    let gate = GateLayer::builder()
+        .auto_in_flight(Level::Degraded, 10, 5)
+        .auto_dwell(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let handle = gate.handle();
+    let mut svc = gate.layer(pending_fn());
+    let mut held = Vec::new();
+    // Evaluate every second for `secs` seconds; the level must stay `level` throughout.
+    async fn tick(handle: &GateHandle, secs: u64, level: Level, why: &str) {
+        for s in 0..secs {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(handle.evaluate(Instant::now()), level, "{why}, second {s}");
+        }
+    }
+
+    hold(&mut svc, &mut held, 10);
+    assert_eq!(handle.evaluate(Instant::now()), Level::Degraded);
+    held.truncate(7); // between leave and enter: held
+    tick(&handle, 60, Level::Degraded, "held above leave").await;
+
+    // A short dip below leave, long after entering: the gate must not leave at once.
+    held.truncate(4);
+    assert_eq!(
+        handle.evaluate(Instant::now()),
+        Level::Degraded,
+        "one dip after 60 s at the level is not 30 s below leave"
+    );
+    tick(&handle, 5, Level::Degraded, "5 s below leave").await;
+    hold(&mut svc, &mut held, 3); // 7: back above leave, the clock starts again
+    tick(&handle, 2, Level::Degraded, "back above leave").await;
+    held.truncate(4);
+    tick(&handle, 29, Level::Degraded, "29 s below leave").await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        handle.evaluate(Instant::now()),
+        Level::Normal,
+        "30 s below leave, continuously: down"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stepping_down_goes_to_the_highest_level_held_within_the_dwell() {
+    let gate = GateLayer::builder()
+        .auto_in_flight(Level::Degraded, 10, 5)
+        .auto_in_flight(Level::Critical, 20, 15)
+        .auto_dwell(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = gate.handle();
+    let mut svc = gate.layer(pending_fn());
+    let mut held = Vec::new();
+    let eval = || handle.evaluate(Instant::now());
+    hold(&mut svc, &mut held, 20);
+    assert_eq!(eval(), Level::Critical);
+    held.truncate(12); // below Critical's leave, Degraded still held
+    assert_eq!(eval(), Level::Critical);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(eval(), Level::Critical, "Degraded held at 6 s");
+    held.truncate(2); // now below every leave threshold
+    assert_eq!(eval(), Level::Critical);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert_eq!(
+        eval(),
+        Level::Degraded,
+        "10 s below Critical's leave, but Degraded was held 4 s ago"
+    );
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(eval(), Level::Degraded, "9 s below Degraded's leave");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(eval(), Level::Normal);
 }
 
 #[tokio::test(start_paused = true)]
@@ -986,6 +1123,113 @@ fn auto_settings_are_validated() {
         let err = builder.build().unwrap_err();
         assert_eq!(err.setting(), setting, "{err}");
     }
+}
+
+#[test]
+fn sizes_and_durations_are_bounded() {
+    use palisade_degrade::{
+        MAX_DURATION, MAX_IN_FLIGHT_THRESHOLD, MAX_LATENCY_THRESHOLD, MAX_MANUAL_HOLD,
+        MAX_NAME_BYTES, MAX_ROUTES, MAX_TRIGGERS,
+    };
+    let over = MAX_DURATION + Duration::from_millis(1);
+    let auto = || GateLayer::builder().auto_in_flight(Level::Degraded, 10, 5);
+    let mut many_routes = GateLayer::builder();
+    for i in 0..=MAX_ROUTES {
+        many_routes = many_routes.route(format!("/r{i}"), Priority::Normal);
+    }
+    let mut many_triggers = GateLayer::builder();
+    for i in 0..=MAX_TRIGGERS as u64 {
+        many_triggers = many_triggers.auto_in_flight(Level::Degraded, 10 + i, 5);
+    }
+    let bad: Vec<(Builder, &str)> = vec![
+        (
+            GateLayer::builder().name("n".repeat(MAX_NAME_BYTES + 1)),
+            "name",
+        ),
+        (many_routes, "route"),
+        (many_triggers, "auto_*"),
+        (GateLayer::builder().retry_after(over), "retry_after"),
+        (
+            GateLayer::builder().manual_hold(MAX_MANUAL_HOLD + Duration::from_secs(1)),
+            "manual_hold",
+        ),
+        (auto().auto_dwell(over), "auto_dwell"),
+        (auto().auto_interval(over), "auto_interval"),
+        (auto().auto_window(over), "auto_window"),
+        (
+            GateLayer::builder().auto_in_flight(Level::Degraded, MAX_IN_FLIGHT_THRESHOLD + 1, 5),
+            "auto_in_flight",
+        ),
+        (
+            GateLayer::builder().auto_latency_p95(
+                Level::Critical,
+                MAX_LATENCY_THRESHOLD + Duration::from_secs(1),
+                Duration::from_secs(1),
+            ),
+            "auto_latency_p95",
+        ),
+        (
+            GateLayer::builder().auto_latency_p95(
+                Level::Critical,
+                Duration::from_nanos(500),
+                Duration::ZERO,
+            ),
+            "auto_latency_p95",
+        ),
+    ];
+    for (builder, setting) in bad {
+        let err = builder.build().unwrap_err();
+        assert_eq!(err.setting(), setting, "{err}");
+    }
+    // The maxima themselves are accepted.
+    GateLayer::builder()
+        .name("n".repeat(MAX_NAME_BYTES))
+        .retry_after(MAX_DURATION)
+        .manual_hold(MAX_MANUAL_HOLD)
+        .auto_in_flight(Level::Degraded, MAX_IN_FLIGHT_THRESHOLD, 5)
+        .auto_latency_p95(
+            Level::Critical,
+            MAX_LATENCY_THRESHOLD,
+            Duration::from_secs(1),
+        )
+        .auto_dwell(MAX_DURATION)
+        .auto_interval(MAX_DURATION)
+        .auto_window(MAX_DURATION)
+        .build()
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_hold_does_not_panic() {
+    let gate = GateLayer::builder()
+        .auto_in_flight(Level::Degraded, 2, 1)
+        .build()
+        .unwrap();
+    let handle = gate.handle();
+    handle.set_level_for(Level::Critical, Duration::MAX, "until cleared");
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    assert_eq!(handle.evaluate(Instant::now()), Level::Critical);
+    assert!(handle.clear_manual("done"));
+    assert_eq!(handle.level(), Level::Normal);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_is_not_truncated_below_a_millisecond() {
+    // A 1.5 ms window is counted in whole milliseconds rounded up (2 ms), not truncated (1 ms):
+    // a call that finished 1.4 ms before the evaluation is in it.
+    let status = Arc::new(AtomicU16::new(503));
+    let gate = GateLayer::builder()
+        .auto_error_rate(Level::Degraded, 0.5, 0.1)
+        .auto_window(Duration::from_micros(1_500))
+        .auto_interval(Duration::from_secs(3600))
+        .auto_min_samples(1)
+        .build()
+        .unwrap();
+    let svc = gate.layer(slow_service(Arc::new(AtomicU64::new(0)), status));
+    tokio::time::advance(Duration::from_micros(900)).await;
+    run(&svc, 1).await;
+    tokio::time::advance(Duration::from_micros(1_400)).await;
+    assert_eq!(gate.handle().evaluate(Instant::now()), Level::Degraded);
 }
 
 #[test]

@@ -14,8 +14,8 @@ use crate::health::Component;
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Lines longer than this are never parsed (by recovery or by
-/// [`verify_path`](super::verify_path)): they count as damaged. Far above any real record.
-pub(crate) const MAX_LINE_BYTES: u64 = 64 * 1024 * 1024;
+/// [`verify_path`](super::verify_path)): they count as damaged. The writer never writes one.
+pub(crate) const MAX_LINE_BYTES: u64 = super::MAX_RECORD_BYTES;
 
 const PREFIX: &str = "audit-";
 const SUFFIX: &str = ".jsonl";
@@ -78,61 +78,90 @@ pub struct TornTail {
     pub len: u64,
 }
 
-/// Where the last complete, parseable line of a file ends, and its record.
+/// What recovery found in a file: where its torn tail starts, and the last record before it.
 struct Scan {
+    /// The end of the last complete line before the torn tail (the file length if there is none).
     good_end: u64,
     len: u64,
+    /// The last line before `good_end` that parses as a record.
     last: Option<AuditRecord>,
+    /// Whether complete lines after `last` (and before `good_end`) do not parse: damage kept.
+    damaged_after_last: bool,
 }
 
-/// Finds the last newline-terminated line of `path` that parses as an [`AuditRecord`]: one pass
-/// looking for newlines, then parsing from the last line backwards (normally only the last one).
+/// Whether a line holds a byte the writer never writes outside a torn tail: a NUL, as a page that
+/// never reached the disk reads back after a power loss (JSON escapes every control character).
+pub(crate) fn has_lost_page(line: &[u8]) -> bool {
+    line.contains(&0)
+}
+
+/// Finds the torn tail of `path` and the last record before it.
+///
+/// The torn tail is what a crash leaves of unacknowledged writes, and nothing else: from the first
+/// line that holds a NUL byte (a lost page) to the end of the file, or else the unterminated bytes
+/// after the last newline. Every complete line before it is kept, parseable or not: a complete
+/// line that is not a record is damage for [`verify_path`](super::verify_path) to report, not
+/// something to cut. One pass looking for newlines and NUL bytes, then parsing from the last line
+/// backwards (normally only the last one).
 fn scan(path: &Path) -> io::Result<Scan> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut ends = Vec::new();
+    let mut torn_at = None;
     {
         let mut reader = BufReader::with_capacity(64 * 1024, (&file).take(len));
         let mut pos = 0u64;
-        loop {
+        let mut line_start = 0u64;
+        'read: loop {
             let chunk = reader.fill_buf()?;
             if chunk.is_empty() {
                 break;
             }
             let n = chunk.len();
-            ends.extend(
-                chunk
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| **b == b'\n')
-                    .map(|(i, _)| pos + i as u64 + 1),
-            );
+            for (i, &b) in chunk.iter().enumerate() {
+                if b == 0 {
+                    torn_at = Some(line_start);
+                    break 'read;
+                }
+                if b == b'\n' {
+                    let end = pos + i as u64 + 1;
+                    ends.push(end);
+                    line_start = end;
+                }
+            }
             pos += n as u64;
             reader.consume(n);
         }
     }
+    let good_end = torn_at.unwrap_or_else(|| ends.last().copied().unwrap_or(0));
     let mut line = Vec::new();
+    let mut damaged_after_last = false;
     for k in (0..ends.len()).rev() {
         let start = if k == 0 { 0 } else { ends[k - 1] };
         let end = ends[k];
-        if end - start > MAX_LINE_BYTES {
+        if end > good_end {
             continue;
         }
-        line.resize((end - start) as usize, 0);
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut line)?;
-        if let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) {
-            return Ok(Scan {
-                good_end: end,
-                len,
-                last: Some(record),
-            });
+        if end - start <= MAX_LINE_BYTES {
+            line.resize((end - start) as usize, 0);
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(&mut line)?;
+            if let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) {
+                return Ok(Scan {
+                    good_end,
+                    len,
+                    last: Some(record),
+                    damaged_after_last,
+                });
+            }
         }
+        damaged_after_last = true;
     }
     Ok(Scan {
-        good_end: 0,
+        good_end,
         len,
         last: None,
+        damaged_after_last,
     })
 }
 
@@ -209,12 +238,20 @@ impl FileSinkBuilder {
                         path = %path.display(),
                         offset = torn.offset,
                         bytes = torn.len,
-                        "audit log: cutting off a torn last line (a write interrupted by a crash)"
+                        "audit log: cutting off a torn tail (a write interrupted by a crash)"
                     );
                     let file = OpenOptions::new().write(true).open(path)?;
                     file.set_len(scan.good_end)?;
                     file.sync_all()?;
                     recovery = Some(torn);
+                }
+                if scan.damaged_after_last {
+                    tracing::error!(
+                        path = %path.display(),
+                        "audit log: complete lines at the end of the last file are not records \
+                         (damage, kept for verify_path to report); the chain continues from the \
+                         last readable record"
+                    );
                 }
                 head = scan.last.as_ref().map(AuditRecord::head);
                 // The last file may hold no record yet (created just before a crash, or its only
@@ -324,13 +361,19 @@ fn scan_head(path: &Path) -> io::Result<Option<Head>> {
 ///
 /// # Recovery on open
 ///
-/// Only the last file is ever changed, and only at its end: everything after its last complete
-/// (newline-terminated) line that parses as a record is cut off (a line torn by a crash, or a
-/// partly written batch), the file is truncated there and synced, and the cut is logged
-/// (`tracing::warn!`) and reported by [`recovery`](Self::recovery). Every acknowledged record
-/// was synced whole, newline included, so it is kept. Damage earlier in the file is left for
-/// [`verify_path`](super::verify_path) to report. The head is the last record kept (from an earlier
-/// file when the last holds none), and the chain continues from it.
+/// Only the last file is ever changed, and only at its end: its *torn tail* is cut off. The torn
+/// tail is what a crash leaves of a write that was never acknowledged, and nothing else: the bytes
+/// from the first line holding a NUL byte to the end of the file (a page that never reached the
+/// disk reads back as zeros after a power loss, and the writer never writes a NUL: JSON escapes
+/// it), or else the unterminated bytes after the last newline. The file is truncated there and
+/// synced, and the cut is logged (`tracing::warn!`) and reported by [`recovery`](Self::recovery).
+/// Every acknowledged record was synced whole, newline included, so it is kept.
+///
+/// A complete line that is not a record is damage, not a torn write: it is never cut, wherever it
+/// is, and is left for [`verify_path`](super::verify_path) to report
+/// ([`Unreadable`](super::VerifyErrorKind::Unreadable)); opening logs it (`tracing::error!`). The
+/// head is the last record that can be read (from an earlier file when the last holds none), and
+/// the chain continues from it.
 ///
 /// One `FileSink` per directory at a time (not enforced): two writers would fork the chain.
 pub struct FileSink {

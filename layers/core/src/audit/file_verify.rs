@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::file::{list_segments, TornTail, MAX_LINE_BYTES};
+use super::file::{has_lost_page, list_segments, TornTail, MAX_LINE_BYTES};
 use super::key::AuditKey;
 use super::record::{AuditRecord, Head};
 use super::verify::{VerifyError, VerifyErrorKind};
@@ -27,8 +27,9 @@ pub struct PathReport {
     pub head: Head,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
-    /// An unterminated last line of the last file that was ignored: a write torn by a crash, which
-    /// the [`FileSink`](super::FileSink) cuts off the next time it opens the log.
+    /// The torn tail of the last file that was ignored (an unterminated last line, or everything
+    /// from a line holding NUL bytes on): a write torn by a crash, which the
+    /// [`FileSink`](super::FileSink) cuts off the next time it opens the log.
     pub torn_tail: Option<TornTail>,
 }
 
@@ -98,14 +99,19 @@ impl std::error::Error for VerifyPathError {
 ///
 /// The checks are those of [`verify`](super::verify), with these rules for files:
 ///
-/// - Every newline-terminated line must be a record. A line that does not parse as one is
-///   [`Modified`](VerifyErrorKind::Modified).
-/// - [`Modified`](VerifyErrorKind::Modified) and [`Forged`](VerifyErrorKind::Forged) are reported
-///   at the sequence number the bad line's place in the chain calls for (one past the last good
-///   record), not at the number the line claims, which may itself be what was changed.
-/// - A last line of the last file without its newline is a write torn by a crash: it is ignored
-///   and reported in [`PathReport::torn_tail`] (no record in it was ever acknowledged; the sink cuts
-///   it off when it next opens the log).
+/// - Every newline-terminated line must be a record. A line that does not parse as one (not JSON,
+///   not a record's fields, nested deeper than 128 levels, longer than
+///   [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES)) is
+///   [`Unreadable`](VerifyErrorKind::Unreadable); the writer never acknowledges such a line.
+/// - [`Unreadable`](VerifyErrorKind::Unreadable), [`Modified`](VerifyErrorKind::Modified) and
+///   [`Forged`](VerifyErrorKind::Forged) are reported at the sequence number the bad line's place
+///   in the chain calls for (one past the last good record), not at the number the line claims,
+///   which may itself be what was changed.
+/// - The torn tail of the last file is a write torn by a crash: it is ignored and reported in
+///   [`PathReport::torn_tail`] (no record in it was ever acknowledged; the sink cuts it off when it
+///   next opens the log). It is the unterminated bytes after the last newline, or everything from
+///   the first line holding a NUL byte (a page lost in a power failure reads back as zeros; the
+///   writer never writes a NUL) to the end of the file.
 /// - Records cut off the end are found only against `expected_head`
 ///   ([`Truncated`](VerifyErrorKind::Truncated)); a log that continues past it is fine.
 ///
@@ -325,9 +331,11 @@ impl Lines {
         }
     }
 
-    /// Whether `line` is the torn tail: an unterminated last line of the last file.
-    fn is_torn(&self, line: &Line) -> bool {
-        !line.terminated && self.is_last(line.file)
+    /// Whether `line` (its bytes in `buf`) starts the torn tail of the last file: it is unterminated,
+    /// or holds a NUL byte (a page lost in a power failure), as [`FileSink`](super::FileSink)
+    /// recovery decides.
+    fn is_torn(&self, line: &Line, buf: &[u8]) -> bool {
+        self.is_last(line.file) && (!line.terminated || has_lost_page(buf))
     }
 
     /// Whether any record after the current position claims a sequence number in `range`.
@@ -337,7 +345,7 @@ impl Lines {
             seq: u64,
         }
         while let Some(line) = self.next(buf)? {
-            if self.is_torn(&line) {
+            if self.is_torn(&line, buf) {
                 break;
             }
             if line.overlong {
@@ -375,11 +383,14 @@ fn walk(
     };
     while let Some(line) = lines.next(&mut buf)? {
         let at = (line.file, line.number);
-        if lines.is_torn(&line) {
+        if lines.is_torn(&line, &buf) {
+            let path = &lines.files[line.file];
+            // The tail runs to the end of the file (past later lines, for a lost page).
+            let file_len = fs::metadata(path).map_err(io_error(path))?.len();
             torn_tail = Some(TornTail {
-                path: lines.files[line.file].clone(),
+                path: path.clone(),
                 offset: line.offset,
-                len: line.len,
+                len: file_len.saturating_sub(line.offset).max(line.len),
             });
             end = at;
             break;
@@ -392,7 +403,7 @@ fn walk(
             serde_json::from_slice::<AuditRecord>(&buf).ok()
         };
         let Some(r) = parsed else {
-            return damaged(&lines, expected, VerifyErrorKind::Modified, at);
+            return damaged(&lines, expected, VerifyErrorKind::Unreadable, at);
         };
         let content = r.canonical_content();
         // `blake3::Hash` compares in constant time.

@@ -98,11 +98,16 @@
 //! missing and where. [`Audit::dropped_total`] counts every event that was not appended, for
 //! metrics.
 //!
+//! What the writer acknowledges, a reader reads back: an event whose record could not be read
+//! (details nested deeper than [`MAX_DETAILS_DEPTH`], or longer than [`MAX_RECORD_BYTES`]) is
+//! refused by the writer, counted as dropped, and replaced by an [`audit.refused`](REFUSED_KIND)
+//! record naming its kind and the reason.
+//!
 //! # Sinks
 //!
 //! [`MemorySink`] keeps the most recent records in memory. [`FileSink`] is the durable log: JSON
-//! lines in rotated files, each batch synced with `fdatasync` before it is acknowledged, a torn last
-//! line cut off when it is reopened; [`verify_path`] checks it on disk, and [`cli_verify`] is the
+//! lines in rotated files, each batch synced with `fdatasync` before it is acknowledged, a torn tail
+//! (never a complete line) cut off when it is reopened; [`verify_path`] checks it on disk, and [`cli_verify`] is the
 //! `palisade_audit` command line tool around it.
 //!
 //! A sink error stops the writer (logged with `tracing::error!`); the handle then reports
@@ -137,6 +142,31 @@ use tokio::sync::{mpsc, oneshot};
 /// The `kind` of the record the writer appends when events were dropped because the queue was full;
 /// its details are `{"count": n}`.
 pub const DROPPED_KIND: &str = "audit.dropped";
+
+/// The `kind` of the record the writer appends instead of an event it refused because a reader could
+/// not read it back (see [`MAX_DETAILS_DEPTH`] and [`MAX_RECORD_BYTES`]); its details are
+/// `{"kind": <the event's kind, at most 256 bytes>, "reason": ...}` and it keeps the event's tenant.
+pub const REFUSED_KIND: &str = "audit.refused";
+
+/// The deepest nesting of arrays and objects an event's details may have (a bare value is 0, `{}`
+/// is 1): 64. The JSON reader of [`verify_path`] and of [`FileSink`] recovery stops at 128 levels
+/// for the whole line, so the writer refuses deeper events instead of acknowledging records that
+/// could not be read back (see [`REFUSED_KIND`]).
+pub const MAX_DETAILS_DEPTH: usize = 64;
+
+/// The longest line of a record in a file log, newline included, that [`verify_path`] and
+/// [`FileSink`] recovery read: 64 MiB. The writer refuses an event whose record could be longer
+/// (see [`REFUSED_KIND`]).
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The largest [`queue_capacity`](AuditBuilder::queue_capacity): 1,048,576 events.
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+
+/// The largest [`max_batch`](AuditBuilder::max_batch): 65,536 events.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// The longest [`commit_interval`](AuditBuilder::commit_interval): 1 second.
+pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default [`queue_capacity`](AuditBuilder::queue_capacity).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -242,6 +272,11 @@ impl Audit {
     /// Submits an event. Never blocks or awaits: the event goes into a bounded queue, or, when the
     /// queue is full or the writer has stopped, is dropped and counted (see
     /// [`dropped_total`](Self::dropped_total)).
+    ///
+    /// The writer refuses an event whose record a reader could not read back (details nested
+    /// deeper than [`MAX_DETAILS_DEPTH`], or a record longer than [`MAX_RECORD_BYTES`]): it
+    /// appends an [`audit.refused`](REFUSED_KIND) record in its place, naming the event's kind and
+    /// why, and counts the event in [`dropped_total`](Self::dropped_total).
     pub fn record(&self, event: AuditEvent) {
         let Some(inner) = &self.inner else { return };
         inner.record(event);
@@ -427,10 +462,24 @@ pub enum BuildError {
     /// [`queue_capacity`](AuditBuilder::queue_capacity) or [`max_batch`](AuditBuilder::max_batch)
     /// was 0.
     ZeroCapacity,
+    /// A setting is above its documented maximum: `queue_capacity` ([`MAX_QUEUE_CAPACITY`]),
+    /// `max_batch` ([`MAX_BATCH`]) or `commit_interval` ([`MAX_COMMIT_INTERVAL`]).
+    AboveMaximum {
+        /// The setting, e.g. `"queue_capacity"`.
+        setting: &'static str,
+    },
 }
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let BuildError::AboveMaximum { setting } = self {
+            let max = match *setting {
+                "queue_capacity" => MAX_QUEUE_CAPACITY.to_string(),
+                "max_batch" => MAX_BATCH.to_string(),
+                _ => format!("{MAX_COMMIT_INTERVAL:?}"),
+            };
+            return write!(f, "Audit::build: {setting} is above its maximum of {max}");
+        }
         f.write_str(match self {
             BuildError::NoRuntime => {
                 "Audit::build must be called inside a tokio runtime (it spawns the writer task)"
@@ -440,6 +489,7 @@ impl fmt::Display for BuildError {
             BuildError::ZeroCapacity => {
                 "Audit::build: queue_capacity and max_batch must be at least 1"
             }
+            BuildError::AboveMaximum { .. } => unreachable!("written above"),
         })
     }
 }
@@ -495,7 +545,7 @@ impl AuditBuilder {
     }
 
     /// How many events may wait for the writer before [`record`](Audit::record) drops them
-    /// (default [`DEFAULT_QUEUE_CAPACITY`]).
+    /// (default [`DEFAULT_QUEUE_CAPACITY`], from 1 to [`MAX_QUEUE_CAPACITY`]).
     #[must_use]
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;
@@ -503,7 +553,8 @@ impl AuditBuilder {
     }
 
     /// The most events the writer hands to the sink in one [`append`](AuditSink::append) (default
-    /// [`DEFAULT_MAX_BATCH`]; one more when an `audit.dropped` record leads the batch).
+    /// [`DEFAULT_MAX_BATCH`], from 1 to [`MAX_BATCH`]; one more when an `audit.dropped` record leads
+    /// the batch).
     #[must_use]
     pub fn max_batch(mut self, max: usize) -> Self {
         self.max_batch = max;
@@ -511,7 +562,7 @@ impl AuditBuilder {
     }
 
     /// How long the writer waits to gather a fuller batch before handing it to the sink (default
-    /// zero: no waiting).
+    /// zero: no waiting; at most [`MAX_COMMIT_INTERVAL`]).
     ///
     /// With zero, a batch is whatever queued up while the previous batch was being written and
     /// synced, which already amortizes a file sink's `fsync` under load. A non-zero interval trades
@@ -532,13 +583,25 @@ impl AuditBuilder {
     ///
     /// # Errors
     ///
-    /// Outside a tokio runtime ([`BuildError::NoRuntime`]), without a key or a sink, or with a zero
-    /// capacity.
+    /// Outside a tokio runtime ([`BuildError::NoRuntime`]), without a key or a sink, with a zero
+    /// capacity, or with a setting above its maximum ([`BuildError::AboveMaximum`]).
     pub fn build(self) -> Result<Audit, BuildError> {
         let key = self.key.ok_or(BuildError::MissingKey)?;
         let sink = self.sink.ok_or(BuildError::MissingSink)?;
         if self.queue_capacity == 0 || self.max_batch == 0 {
             return Err(BuildError::ZeroCapacity);
+        }
+        for (setting, above) in [
+            ("queue_capacity", self.queue_capacity > MAX_QUEUE_CAPACITY),
+            ("max_batch", self.max_batch > MAX_BATCH),
+            (
+                "commit_interval",
+                self.commit_interval > MAX_COMMIT_INTERVAL,
+            ),
+        ] {
+            if above {
+                return Err(BuildError::AboveMaximum { setting });
+            }
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let head = sink.head();
@@ -566,6 +629,83 @@ impl AuditBuilder {
             inner: Some(Arc::new(Inner { tx, shared, key })),
         })
     }
+}
+
+/// Why a reader could not read back the record of `event`, if it could not: its details nest
+/// deeper than [`MAX_DETAILS_DEPTH`], or its line could be longer than [`MAX_RECORD_BYTES`].
+fn unreadable(event: &AuditEvent) -> Option<String> {
+    unreadable_within(event, MAX_RECORD_BYTES)
+}
+
+fn unreadable_within(event: &AuditEvent, max_line: u64) -> Option<String> {
+    fn too_deep(value: &serde_json::Value, room: usize) -> bool {
+        match value {
+            serde_json::Value::Array(items) => {
+                room == 0 || items.iter().any(|v| too_deep(v, room - 1))
+            }
+            serde_json::Value::Object(map) => {
+                room == 0 || map.values().any(|v| too_deep(v, room - 1))
+            }
+            _ => false,
+        }
+    }
+    if too_deep(&event.details, MAX_DETAILS_DEPTH) {
+        return Some(format!(
+            "details nest deeper than {MAX_DETAILS_DEPTH} levels"
+        ));
+    }
+    /// Counts bytes, refusing more than the limit (so a huge value is not serialized whole).
+    struct Count {
+        n: u64,
+        max: u64,
+    }
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.n += buf.len() as u64;
+            if self.n > self.max {
+                return Err(io::Error::other("too long"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    // The line is the details as compact JSON, the kind and tenant as JSON strings (at most 6
+    // bytes per byte escaped), three hashes in hex, two numbers and the field names.
+    const FIXED: u64 = 512;
+    let strings = 6 * (event.kind.len() + event.tenant.as_ref().map_or(0, String::len)) as u64;
+    let budget = max_line.saturating_sub(FIXED + strings);
+    let mut count = Count { n: 0, max: budget };
+    if budget == 0 || serde_json::to_writer(&mut count, &event.details).is_err() {
+        return Some(format!(
+            "its record could be longer than {max_line} bytes, the longest line a reader reads"
+        ));
+    }
+    None
+}
+
+/// What the writer appends instead of an event it refused: an [`REFUSED_KIND`] record.
+fn refusal(event: AuditEvent, reason: String) -> (Option<String>, String, serde_json::Value) {
+    tracing::warn!(
+        kind = %event.kind,
+        %reason,
+        "audit event refused: a reader could not read it back; recorded as {REFUSED_KIND}"
+    );
+    let mut kind = event.kind.into_owned();
+    if kind.len() > 256 {
+        let mut end = 256;
+        while !kind.is_char_boundary(end) {
+            end -= 1;
+        }
+        kind.truncate(end);
+    }
+    let tenant = event.tenant.filter(|t| t.len() <= 1024);
+    (
+        tenant,
+        REFUSED_KIND.to_owned(),
+        json!({ "kind": kind, "reason": reason }),
+    )
 }
 
 /// The single writer task: numbers, hashes and appends records.
@@ -611,22 +751,33 @@ impl Writer {
                 );
                 records.push(record);
             }
+            let mut refused = 0;
             for msg in msgs.drain(..) {
                 match msg {
                     Msg::Event { event, ts_ms } => {
-                        let record =
-                            self.seal(ts_ms, event.tenant, event.kind.into_owned(), event.details);
-                        records.push(record);
+                        let (tenant, kind, details) = match unreadable(&event) {
+                            None => (event.tenant, event.kind.into_owned(), event.details),
+                            Some(reason) => {
+                                refused += 1;
+                                refusal(event, reason)
+                            }
+                        };
+                        records.push(self.seal(ts_ms, tenant, kind, details));
                     }
                     Msg::Flush(tx) => waiters.push(tx),
                 }
+            }
+            if refused > 0 {
+                self.shared
+                    .dropped_total
+                    .fetch_add(refused, Ordering::Relaxed);
             }
             let result = match records.last() {
                 None => Ok(()),
                 Some(last) => {
                     let head = last.head();
                     let count = records.len() as u64;
-                    let events = count - u64::from(dropped > 0);
+                    let events = count - u64::from(dropped > 0) - refused;
                     match self.append(records).await {
                         Ok(()) => {
                             *self
@@ -671,10 +822,8 @@ impl Writer {
             return;
         }
         let now = tokio::time::Instant::now();
-        // A huge interval (`Duration::MAX`) means: wait for a full batch or a flush.
-        let deadline = now
-            .checked_add(self.commit_interval)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
+        // At most `MAX_COMMIT_INTERVAL` (checked in `build`).
+        let deadline = now + self.commit_interval;
         let mut seen = 0;
         while msgs.len() < self.max_batch {
             if msgs[seen..].iter().any(|m| matches!(m, Msg::Flush(_))) {
@@ -802,6 +951,27 @@ mod tests {
             .queue_capacity(0)
             .build();
         assert_eq!(zero.unwrap_err(), BuildError::ZeroCapacity);
+    }
+
+    #[test]
+    fn records_longer_than_the_reader_reads_are_refused() {
+        let event = AuditEvent::new("x").detail("blob", "y".repeat(2000));
+        assert_eq!(unreadable_within(&event, 4096), None);
+        let reason = unreadable_within(&event, 2048).expect("too long");
+        assert!(reason.contains("longer than 2048 bytes"), "{reason}");
+        // Kind and tenant count at their worst-case escaped length.
+        let event = AuditEvent::new("k".repeat(1000)).tenant("t".repeat(1000));
+        assert!(unreadable_within(&event, 8192).is_some());
+        assert!(unreadable_within(&event, 16_384).is_none());
+        let (tenant, kind, details) = refusal(
+            AuditEvent::new("é".repeat(200)).tenant("acme"),
+            "why".to_owned(),
+        );
+        assert_eq!(
+            (tenant.as_deref(), kind.as_str()),
+            (Some("acme"), REFUSED_KIND)
+        );
+        assert!(details["kind"].as_str().unwrap().len() <= 256);
     }
 
     #[tokio::test]

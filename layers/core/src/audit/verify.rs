@@ -29,6 +29,12 @@ pub enum VerifyErrorKind {
     /// hash of the record before it (or of the anchor): pieces of two different chains written with
     /// the same key were joined. `seq` is the first record of the second piece.
     Spliced,
+    /// A line of a log file is not a readable record: not JSON, not the fields of a record, nested
+    /// deeper than the reader reads, or longer than [`MAX_RECORD_BYTES`](super::MAX_RECORD_BYTES)
+    /// (only [`verify_path`](super::verify_path) reads lines). The writer never acknowledges such a
+    /// line, so it was damaged or written by someone else. `seq` is the sequence number its place
+    /// in the chain calls for.
+    Unreadable,
     /// The log ends before the expected head, or the record at the head's sequence number is not the
     /// head's record (the log was cut and regrown). `seq` is the first missing sequence number, or the
     /// head's.
@@ -44,6 +50,7 @@ impl fmt::Display for VerifyErrorKind {
             VerifyErrorKind::Reordered => "reordered",
             VerifyErrorKind::Spliced => "spliced",
             VerifyErrorKind::Truncated => "truncated",
+            VerifyErrorKind::Unreadable => "unreadable",
         })
     }
 }
@@ -82,6 +89,10 @@ impl fmt::Display for VerifyError {
             VerifyErrorKind::Truncated => write!(
                 f,
                 "audit log is truncated: it does not reach the expected head at sequence {seq}"
+            ),
+            VerifyErrorKind::Unreadable => write!(
+                f,
+                "audit log line at sequence {seq} is not a readable record (not JSON, not a record's fields, nested too deep or too long)"
             ),
         }
     }
