@@ -85,6 +85,14 @@
 //! | `palisade_retry_gave_up_total` | counter | `stack` | Requests that failed on their last allowed attempt. |
 //! | `palisade_retry_body_too_large_total` | counter | `stack` | Retryable requests sent once because their body was over the buffer limit. |
 //! | `palisade_retry_budget_exhausted` | gauge | `stack` | 1 if the budget refused the latest retry it was asked for, else 0. |
+//! | `palisade_idempotency_executed_total` | counter | `stack`, `layer` | Keyed requests that claimed their key and ran the handler (registered with [`register_idempotency`](Metrics::register_idempotency); `layer` is the layer's name). |
+//! | `palisade_idempotency_replayed_total` | counter | `stack`, `layer` | Responses replayed from the idempotency store. |
+//! | `palisade_idempotency_conflicts_total` | counter | `stack`, `layer` | Requests refused with 409: their key's first request was still in flight. |
+//! | `palisade_idempotency_mismatches_total` | counter | `stack`, `layer` | Requests refused with 422: their key was used for another request (method, path, body, ...). |
+//! | `palisade_idempotency_rejected_total` | counter | `stack`, `layer` | Requests refused with 400 or 413: a missing, malformed or unreplayable key, a missing tenant, a body over the limit. |
+//! | `palisade_idempotency_not_stored_total` | counter | `stack`, `layer` | Responses delivered but too large to store: their keys cannot be replayed. |
+//! | `palisade_idempotency_abandoned_total` | counter | `stack`, `layer` | Keyed requests abandoned (cancelled, or the handler panicked) after the handler started. |
+//! | `palisade_idempotency_store_full_total` | counter | `stack`, `layer` | Requests refused with 503 because the idempotency store had no room for a new key. |
 //! | `palisade_audit_records_total` | counter | `stack` | Audit records the sink acknowledged (only with an enabled audit log). |
 //! | `palisade_audit_dropped_total` | counter | `stack` | Audit events that were not appended (queue full, writer stopped, failed batch). |
 //! | `palisade_audit_failed` | gauge | `stack` | 1 once the audit writer has stopped because its sink failed, else 0. |
@@ -117,10 +125,16 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     stacks: Arc<RwLock<Vec<Registered>>>,
+    #[cfg(feature = "idempotency")]
+    idempotency: Arc<RwLock<Vec<RegisteredIdempotency>>>,
 }
 
 /// A registered stack: the `stack` label's value and its handles.
 type Registered = (Arc<str>, Handles);
+
+/// A registered idempotency layer: the `stack` label's value and its handle.
+#[cfg(feature = "idempotency")]
+type RegisteredIdempotency = (Arc<str>, palisade_idempotency::IdempotencyHandle);
 
 impl Metrics {
     /// A collector with no stack registered.
@@ -136,6 +150,33 @@ impl Metrics {
         match stacks.iter_mut().find(|(name, _)| &**name == stack) {
             Some(entry) => entry.1 = handles.clone(),
             None => stacks.push((Arc::from(stack), handles.clone())),
+        }
+        self
+    }
+
+    /// Registers an idempotency layer's handle under `stack`. Idempotency layers are per route, built
+    /// with [`ServerStack::idempotency`](crate::stack::ServerStack::idempotency) outside the stack's
+    /// [`Handles`], so each is registered here (from [`Rescued::inner`](crate::stack::Rescued::inner)
+    /// or [`IdempotencyLayer::handle`](palisade_idempotency::IdempotencyLayer::handle)). Its samples
+    /// carry the `stack` label and a `layer` label, the layer's
+    /// [name](palisade_idempotency::Builder::name). Registering the same stack and layer name again
+    /// replaces the handle.
+    #[cfg(feature = "idempotency")]
+    pub fn register_idempotency(
+        &self,
+        stack: &str,
+        handle: &palisade_idempotency::IdempotencyHandle,
+    ) -> &Self {
+        let mut layers = self
+            .idempotency
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match layers
+            .iter_mut()
+            .find(|(name, h)| &**name == stack && h.name() == handle.name())
+        {
+            Some(entry) => entry.1 = handle.clone(),
+            None => layers.push((Arc::from(stack), handle.clone())),
         }
         self
     }
@@ -231,6 +272,21 @@ impl Metrics {
                 out: &mut out,
             };
             c.handles(handles);
+        }
+        drop(stacks);
+        #[cfg(feature = "idempotency")]
+        {
+            let layers = self
+                .idempotency
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (name, handle) in layers.iter() {
+                let mut c = Collector {
+                    stack: name,
+                    out: &mut out,
+                };
+                c.idempotency(handle);
+            }
         }
         out.sort_by_key(|s| s.metric);
         out
@@ -333,6 +389,25 @@ impl Collector<'_> {
             label: Some((label, label_value.into())),
             value: value.into(),
         });
+    }
+
+    #[cfg(feature = "idempotency")]
+    fn idempotency(&mut self, h: &palisade_idempotency::IdempotencyHandle) {
+        use Metric as M;
+        let c = h.counts();
+        let layer = h.name();
+        for (metric, value) in [
+            (M::IdempotencyExecuted, c.executed),
+            (M::IdempotencyReplayed, c.replayed),
+            (M::IdempotencyConflicts, c.conflicts),
+            (M::IdempotencyMismatches, c.mismatches),
+            (M::IdempotencyRejected, c.rejected),
+            (M::IdempotencyNotStored, c.not_stored),
+            (M::IdempotencyAbandoned, c.abandoned),
+            (M::IdempotencyStoreFull, c.store_full),
+        ] {
+            self.push_labeled(metric, "layer", layer, value);
+        }
     }
 
     fn handles(&mut self, h: &Handles) {
@@ -599,6 +674,22 @@ metrics_table! {
         "Retryable requests sent once because their body was too large to buffer.";
     RetryBudgetExhausted => "palisade_retry_budget_exhausted", Gauge,
         "1 if the retry budget refused the latest retry, else 0.";
+    IdempotencyExecuted => "palisade_idempotency_executed_total", Counter,
+        "Keyed requests that claimed their idempotency key and ran the handler.";
+    IdempotencyReplayed => "palisade_idempotency_replayed_total", Counter,
+        "Responses replayed from the idempotency store.";
+    IdempotencyConflicts => "palisade_idempotency_conflicts_total", Counter,
+        "Requests refused with 409: their key's first request was in flight.";
+    IdempotencyMismatches => "palisade_idempotency_mismatches_total", Counter,
+        "Requests refused with 422: their key was used for another request.";
+    IdempotencyRejected => "palisade_idempotency_rejected_total", Counter,
+        "Requests refused with 400 or 413 by the idempotency layer.";
+    IdempotencyNotStored => "palisade_idempotency_not_stored_total", Counter,
+        "Responses too large to store: their keys cannot be replayed.";
+    IdempotencyAbandoned => "palisade_idempotency_abandoned_total", Counter,
+        "Keyed requests abandoned after the handler started.";
+    IdempotencyStoreFull => "palisade_idempotency_store_full_total", Counter,
+        "Requests refused with 503: the idempotency store had no room for a new key.";
     AuditRecords => "palisade_audit_records_total", Counter,
         "Audit records the sink acknowledged.";
     AuditDropped => "palisade_audit_dropped_total", Counter,
@@ -904,6 +995,60 @@ mod tests {
             Some("1")
         );
         assert_eq!(text.matches("palisade_health_ready{").count(), 2);
+    }
+
+    #[cfg(feature = "idempotency")]
+    #[tokio::test]
+    async fn idempotency_counters_are_exported_per_layer() {
+        use palisade_idempotency::{IdempotencyLayer, MemoryStore};
+        use tower_layer::Layer;
+
+        let store = MemoryStore::builder().max_records(1).build();
+        let layer = IdempotencyLayer::builder()
+            .name("orders")
+            .store(store)
+            .build()
+            .unwrap();
+        let svc = layer.layer(tower::service_fn(
+            |req: Request<palisade_idempotency::RequestBody<Full<Bytes>>>| async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok::<_, palisade_core::BoxError>(Response::new(Full::new(body)))
+            },
+        ));
+        let post = |key: &str, body: &'static str| {
+            Request::post("/orders")
+                .header("idempotency-key", key)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap()
+        };
+        svc.clone().oneshot(post("k1", "a")).await.unwrap();
+        svc.clone().oneshot(post("k1", "a")).await.unwrap();
+        svc.clone().oneshot(post("k1", "b")).await.unwrap_err();
+        let metrics = Metrics::new();
+        metrics.register_idempotency("server", &layer.handle());
+        // Registering the same layer again replaces it: one series each.
+        metrics.register_idempotency("server", &layer.handle());
+        let text = metrics.render_prometheus();
+        check_format(&text);
+        let v = |name: &str| {
+            let series =
+                format!("palisade_idempotency_{name}_total{{stack=\"server\",layer=\"orders\"}}");
+            value(&text, &series)
+                .unwrap_or_else(|| panic!("{series}\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(v("executed"), "1");
+        assert_eq!(v("replayed"), "1");
+        assert_eq!(v("mismatches"), "1");
+        assert_eq!(v("conflicts"), "0");
+        assert_eq!(v("rejected"), "0");
+        assert_eq!(v("not_stored"), "0");
+        assert_eq!(v("abandoned"), "0");
+        assert_eq!(v("store_full"), "0");
+        assert_eq!(
+            text.matches("palisade_idempotency_executed_total{").count(),
+            1
+        );
     }
 
     #[cfg(feature = "ratelimit")]

@@ -323,6 +323,13 @@ async fn rejections_are_problem_responses() {
     .unwrap();
     assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(slug(&got), "idempotency-mismatch");
+    // 422: the same key, the same body, on another endpoint: the handler does not run again.
+    let got = send(&client, addr, &Post::new("/payments/charge", "k-422"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(slug(&got), "idempotency-mismatch");
+    assert_eq!(app.calls.load(Ordering::SeqCst), 1);
 
     // 409 while in flight, then the replay.
     let held = tokio::spawn({

@@ -54,13 +54,14 @@ pin_project! {
         Rejected { err: Option<BoxError> },
         Reading { #[pin] body: B, head: Option<Reading<S, T>> },
         Claiming { claim: StoreFuture<Result<Claim, StoreError>>, pending: Option<Claiming<S, T, B>> },
-        Calling { #[pin] fut: F, lease: Option<Lease>, tenant: Option<T> },
+        Calling { #[pin] fut: F, lease: Option<Lease>, tenant: Option<T>, origin: Option<Origin> },
         Capturing {
             parts: Option<http::response::Parts>,
             body: Option<Pin<Box<R>>>,
             collect: Collect,
             lease: Option<Lease>,
             tenant: Option<T>,
+            origin: Option<Origin>,
         },
         Completing {
             done: StoreFuture<Result<(), StoreError>>,
@@ -76,6 +77,13 @@ struct Ctx<S, T> {
     core: Arc<Core>,
     scope: Scope,
     tenant: Option<T>,
+}
+
+/// The request's method and path, kept past the call for audit records written after it (only when
+/// the layer audits: a `Method` and a `Uri` clone are reference counts, not copies).
+struct Origin {
+    method: http::Method,
+    uri: http::Uri,
 }
 
 struct Reading<S, T> {
@@ -228,17 +236,23 @@ where
                                 token,
                                 armed: true,
                             };
+                            let origin = lease.core.audit.is_enabled().then(|| Origin {
+                                method: req.method().clone(),
+                                uri: req.uri().clone(),
+                            });
                             let mut svc = ctx.svc;
                             State::Calling {
                                 fut: svc.call(req),
                                 lease: Some(lease),
                                 tenant: ctx.tenant,
+                                origin,
                             }
                         }
                         Ok(Claim::Existing(record)) => {
                             return Poll::Ready(answer(&ctx, &req, record, fingerprint));
                         }
                         Err(StoreError::Full) => {
+                            Stats::bump(&ctx.core.stats.store_full);
                             tracing::warn!(
                                 layer = %ctx.core.name,
                                 "idempotency store is full of requests in flight; refusing new keys"
@@ -250,7 +264,12 @@ where
                         Err(e) => return Poll::Ready(Err(e.into())),
                     }
                 }
-                StateProj::Calling { fut, lease, tenant } => {
+                StateProj::Calling {
+                    fut,
+                    lease,
+                    tenant,
+                    origin,
+                } => {
                     let result = ready!(fut.poll(cx));
                     let lease = lease.take().expect(DONE);
                     match result {
@@ -272,6 +291,7 @@ where
                                 collect: Collect::default(),
                                 lease: Some(lease),
                                 tenant: tenant.take(),
+                                origin: origin.take(),
                             }
                         }
                     }
@@ -282,6 +302,7 @@ where
                     collect,
                     lease,
                     tenant,
+                    origin,
                 } => {
                     let l = lease.as_ref().expect(DONE);
                     let limit = l.core.max_response_body;
@@ -314,7 +335,7 @@ where
                                 "idempotency.not_stored",
                                 lease.scope,
                                 tenant.as_ref(),
-                                None::<&Request<()>>,
+                                origin.as_ref().map(|o| (&o.method, o.uri.path())),
                             );
                             let prefix = std::mem::take(collect).into_bytes();
                             let rest = body.take().expect(DONE);
@@ -376,7 +397,8 @@ fn answer<S, T: fmt::Debug, B, R>(
 ) -> Result<Response<ResponseBody<R>>, BoxError> {
     let core = &*ctx.core;
     let stats = &core.stats;
-    let event = |kind: &'static str| audit(core, kind, ctx.scope, ctx.tenant.as_ref(), Some(req));
+    let origin = Some((req.method(), req.uri().path()));
+    let event = |kind: &'static str| audit(core, kind, ctx.scope, ctx.tenant.as_ref(), origin);
     if record.fingerprint() != fingerprint {
         Stats::bump(&stats.mismatches);
         event("idempotency.mismatch");
@@ -447,21 +469,20 @@ fn storable_headers(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// Records an audit event naming the layer, the tenant and the scope hash (never the raw key or body).
-fn audit<T: fmt::Debug, B>(
+/// `origin` is the request's method and path: every kind carries them.
+fn audit<T: fmt::Debug>(
     core: &Core,
     kind: &'static str,
     scope: Scope,
     tenant: Option<&T>,
-    req: Option<&Request<B>>,
+    origin: Option<(&http::Method, &str)>,
 ) {
     core.audit.record_with(|| {
         let mut event = AuditEvent::new(kind)
             .detail("layer", core.name.as_ref())
             .detail("key_hash", scope.to_hex());
-        if let Some(req) = req {
-            event = event
-                .detail("method", req.method().as_str())
-                .detail("path", req.uri().path());
+        if let Some((method, path)) = origin {
+            event = event.detail("method", method.as_str()).detail("path", path);
         }
         if let Some(label) = tenant.and_then(tenant_label) {
             event = event.tenant(label);

@@ -1,12 +1,14 @@
-//! Keyed BLAKE3 hashes: the record's scope (tenant + method + path + client key) and the request's
-//! fingerprint (method + path and query + configured headers + body).
+//! Keyed BLAKE3 hashes: the record's scope (tenant + client key) and the request's fingerprint
+//! (method + path and query + configured headers + body and trailers).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use http::{HeaderMap, HeaderName, Method};
 
-const SCOPE_CONTEXT: &str = "palisade-idempotency 2026 scope v1";
+// v2: the scope is tenant + key (v1 also hashed the method and the path, which belong to the
+// fingerprint). A new context keeps v1 scopes in a shared store from ever matching v2 ones.
+const SCOPE_CONTEXT: &str = "palisade-idempotency 2026 scope v2";
 const FINGERPRINT_CONTEXT: &str = "palisade-idempotency 2026 fingerprint v1";
 
 macro_rules! digest_type {
@@ -41,18 +43,21 @@ macro_rules! digest_type {
 }
 
 digest_type!(
-    /// Which record a request belongs to: a keyed BLAKE3 hash of the tenant, the method, the path and the
-    /// client's `Idempotency-Key`.
+    /// Which record a request belongs to: a keyed BLAKE3 hash of the tenant and the client's
+    /// `Idempotency-Key`.
     ///
     /// Stores key their records by it and audit records name it; the raw key never leaves the request.
-    /// The same client key from another tenant, or for another route, is another scope.
+    /// The same client key from another tenant is another scope. The same key on another method or
+    /// path is the *same* scope with another [`Fingerprint`]: refused with `422`, because a key names
+    /// one request (draft-ietf-httpapi-idempotency-key-header §2.2; Stripe refuses a key reused on
+    /// another endpoint).
     Scope
 );
 
 digest_type!(
     /// What a request was: a keyed BLAKE3 hash of its method, path and query, the configured
-    /// [`fingerprint_headers`](crate::Builder::fingerprint_header) and its body. A key reused with a
-    /// different fingerprint is refused (`422`).
+    /// [`fingerprint_headers`](crate::Builder::fingerprint_header), its body and its trailers. A key
+    /// reused with a different fingerprint — another body, query, method or path — is refused (`422`).
     Fingerprint
 );
 
@@ -92,13 +97,7 @@ impl Keys {
         Self::derive(&random_secret())
     }
 
-    pub(crate) fn scope<T: Hash>(
-        &self,
-        tenant: Option<&T>,
-        method: &Method,
-        path: &str,
-        key: &[u8],
-    ) -> Scope {
+    pub(crate) fn scope<T: Hash>(&self, tenant: Option<&T>, key: &[u8]) -> Scope {
         let mut h = blake3::Hasher::new_keyed(&self.scope);
         match tenant {
             Some(t) => {
@@ -111,8 +110,6 @@ impl Keys {
                 h.update(&[0]);
             }
         }
-        field(&mut h, method.as_str().as_bytes());
-        field(&mut h, path.as_bytes());
         field(&mut h, key);
         Scope(*h.finalize().as_bytes())
     }
@@ -214,41 +211,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scope_separates_every_part() {
+    fn scope_separates_tenant_and_key_only() {
         let k = Keys::derive(b"secret");
-        let base = k.scope(Some(&"acme"), &Method::POST, "/orders", b"k1");
-        assert_eq!(
-            base,
-            k.scope(Some(&"acme"), &Method::POST, "/orders", b"k1")
-        );
-        assert_ne!(
-            base,
-            k.scope(Some(&"globex"), &Method::POST, "/orders", b"k1")
-        );
-        assert_ne!(
-            base,
-            k.scope(None::<&&str>, &Method::POST, "/orders", b"k1")
-        );
-        assert_ne!(
-            base,
-            k.scope(Some(&"acme"), &Method::PATCH, "/orders", b"k1")
-        );
-        assert_ne!(base, k.scope(Some(&"acme"), &Method::POST, "/order", b"k1"));
-        assert_ne!(
-            base,
-            k.scope(Some(&"acme"), &Method::POST, "/orders", b"k2")
-        );
-        // Field boundaries are length-prefixed.
-        assert_ne!(
-            k.scope(None::<&()>, &Method::POST, "/ab", b"c"),
-            k.scope(None::<&()>, &Method::POST, "/a", b"bc")
-        );
+        let base = k.scope(Some(&"acme"), b"k1");
+        assert_eq!(base, k.scope(Some(&"acme"), b"k1"));
+        assert_ne!(base, k.scope(Some(&"globex"), b"k1"));
+        assert_ne!(base, k.scope(None::<&&str>, b"k1"));
+        assert_ne!(base, k.scope(Some(&"acme"), b"k2"));
+        // Field boundaries are length-prefixed: the tenant cannot run into the key.
+        assert_ne!(k.scope(Some(&"ab"), b"c"), k.scope(Some(&"a"), b"bc"));
         // Another secret, another hash.
         let other = Keys::derive(b"other secret");
-        assert_ne!(
-            base,
-            other.scope(Some(&"acme"), &Method::POST, "/orders", b"k1")
-        );
+        assert_ne!(base, other.scope(Some(&"acme"), b"k1"));
         assert_ne!(
             Keys::random().scope.as_slice(),
             Keys::random().scope.as_slice()
@@ -268,6 +242,8 @@ mod tests {
         assert_eq!(base, fp(&Method::POST, "/o?x=1", &h, b"{}"));
         assert_ne!(base, fp(&Method::POST, "/o?x=2", &h, b"{}"));
         assert_ne!(base, fp(&Method::POST, "/o?x=1", &h, b"{ }"));
+        assert_ne!(base, fp(&Method::PATCH, "/o?x=1", &h, b"{}"), "method");
+        assert_ne!(base, fp(&Method::POST, "/p?x=1", &h, b"{}"), "path");
         let mut ua = h.clone();
         ua.insert("user-agent", "b".parse().unwrap());
         assert_eq!(

@@ -63,12 +63,16 @@
 //! [`Required`](KeyRule::Required)) change that; a route that requires a key refuses a request without
 //! one with `400`.
 //!
-//! **Scope.** A record belongs to tenant + method + path + client key. The tenant comes from a
+//! **Scope.** A record belongs to tenant + client key. The tenant comes from a
 //! [`KeyExtractor`](palisade_core::key::KeyExtractor) ([`Builder::tenant`]; by default there is none
 //! and every client shares one scope); [`MissingTenant`] says what happens when it is missing
 //! (default: `400`). The same client key from another tenant is another record: no cross-tenant
-//! replay, no pre-claiming another tenant's keys. The scope is stored as a keyed BLAKE3 hash
-//! ([`Scope`]): the raw key never reaches the store, the logs or the audit log.
+//! replay, no pre-claiming another tenant's keys. The method and the path are not part of the
+//! scope but of the fingerprint: a key names one request, so the same key sent to another endpoint
+//! (another path or method) is refused with `422`, in flight or completed, and never executes twice —
+//! as Stripe refuses a key reused on another endpoint, and as the draft says a key must not be reused
+//! for a different request. The scope is stored as a keyed BLAKE3 hash ([`Scope`]): the raw key never
+//! reaches the store, the logs or the audit log.
 //!
 //! **Fingerprint.** A keyed BLAKE3 hash ([`Fingerprint`]) of the method, the path and query, the
 //! [configured headers](Builder::fingerprint_header), the body and its trailers. The request body is
@@ -90,7 +94,7 @@
 //! be a response, and would be stored.) A response body larger than [`max_response_body`](Builder::max_response_body) (default
 //! 1 MiB) still reaches the client in full, but is not stored: the key is marked
 //! [`NotStored::TooLarge`] and a retry gets `400` saying so — it is neither replayed wrongly nor
-//! executed twice.
+//! executed twice (for as long as the record is kept: see *Retention*).
 //!
 //! **The lease** is a drop guard owned by the response future. A cancelled request (the future is
 //! dropped) or a panicking handler gives the key back ([`OnAbandon::Release`], the default: the next
@@ -101,7 +105,13 @@
 //! **Retention.** Records are kept for the [`ttl`](Builder::ttl) after completion: **24 hours** by
 //! default. The draft asks resources to publish their expiry policy; this layer publishes it here and
 //! through [`IdempotencyHandle::ttl`] (for an API's own docs) rather than in a response header. The
-//! in-memory store is bounded by records and bytes and evicts oldest-expiry first ([`MemoryStore`]).
+//! in-memory store is bounded by records and bytes ([`MemoryStore`]): under memory pressure it evicts
+//! completed records before their TTL, oldest expiry first, and a retry of an evicted key executes
+//! again. Records of keys that cannot be replayed (too large, abandoned with
+//! [`OnAbandon::MarkFailed`]) are evicted last — only for a new key, and only once no completed record
+//! is left — so they outlive ordinary pressure, but they are not kept at any price: a store full of
+//! them would refuse every new key for the whole TTL. Evictions are counted
+//! ([`MemoryStore::evicted`]); size the store so that they stay at zero.
 //!
 //! **Audit.** With [`Builder::audit`], conflicts (`idempotency.conflict`), mismatches
 //! (`idempotency.mismatch`), replays (`idempotency.replayed`), refusals of unreplayable keys
@@ -120,15 +130,17 @@
 //! | required key missing | [`MissingIdempotencyKey`] | 400 |
 //! | key empty, over 255 characters, not visible ASCII, malformed sf-string, sent twice | [`InvalidIdempotencyKey`] | 400 |
 //! | tenant missing ([`MissingTenant::Reject`]) | [`KeyError`] | 400 |
+//! | tenant present but malformed, whatever [`MissingTenant`] says (opt out: [`Builder::malformed_tenant`]) | [`KeyError`] | 400 |
 //! | key whose first response was not stored (too large, or abandoned with [`OnAbandon::MarkFailed`]) | [`InvalidIdempotencyKey`] | 400 |
 //! | same key, first request still in flight | [`IdempotencyConflict`] | 409 + `Retry-After` |
 //! | request body over [`max_request_body`](Builder::max_request_body) | [`PayloadTooLarge`] | 413 |
-//! | same key, different request | [`IdempotencyMismatch`] | 422 |
+//! | same key, different request (another method, path, query, body, trailers or fingerprinted header) | [`IdempotencyMismatch`] | 422 |
 //! | store full of in-flight requests | [`Overloaded`] | 503 + `Retry-After` |
 //!
 //! # Stores
 //!
-//! [`IdempotencyStore`] has four methods — `claim`, `complete`, `release`, `get` — shaped so that a
+//! [`IdempotencyStore`] has four methods — `claim`, `complete`, `release`, `get`, plus `validate`
+//! (checked by `build()`, accepting by default) — shaped so that a
 //! Redis store fits with `SET NX PX` and small Lua compare-and-set scripts; see the [`store`] module.
 //! [`MemoryStore`] is the default. Layers (and processes) sharing a store must share the hashing
 //! [`secret`](Builder::secret).
@@ -168,9 +180,12 @@ pub use body::{RequestBody, ResponseBody};
 pub use config::{
     BuildError, Builder, KeyRule, MissingTenant, NoTenant, OnAbandon, DEFAULT_CONFLICT_RETRY_AFTER,
     DEFAULT_LEASE, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_TTL,
+    MAX_BODY_LIMIT, MAX_FINGERPRINT_HEADERS, MAX_LEASE, MAX_METHODS, MAX_ROUTES, MAX_SECRET_LEN,
+    MAX_TTL, MIN_DURATION,
 };
 pub use future::ResponseFuture;
 pub use hash::{Fingerprint, Scope};
 pub use key::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, MAX_KEY_LEN};
+pub use palisade_core::key::MalformedKey;
 pub use service::{Counts, Idempotency, IdempotencyHandle, IdempotencyLayer};
 pub use store::{IdempotencyStore, MemoryStore, NotStored};

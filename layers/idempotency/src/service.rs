@@ -88,6 +88,7 @@ pub(crate) struct Stats {
     pub(crate) rejected: AtomicU64,
     pub(crate) not_stored: AtomicU64,
     pub(crate) abandoned: AtomicU64,
+    pub(crate) store_full: AtomicU64,
 }
 
 impl Stats {
@@ -103,6 +104,7 @@ pub(crate) struct Core {
     pub(crate) keys: Keys,
     pub(crate) routes: Routes,
     pub(crate) missing_tenant: MissingTenant,
+    pub(crate) malformed_tenant: palisade_core::key::MalformedKey,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
     pub(crate) max_request_body: u64,
     pub(crate) max_response_body: u64,
@@ -260,6 +262,10 @@ where
             };
             let tenant = match shared.tenant.extract(&req) {
                 Ok(t) => Some(t),
+                Err(e) if !core.malformed_tenant.as_missing(&e) => {
+                    Stats::bump(&core.stats.rejected);
+                    return ResponseFuture::rejected(e.into());
+                }
                 Err(e) => match core.missing_tenant {
                     MissingTenant::Reject => {
                         Stats::bump(&core.stats.rejected);
@@ -269,9 +275,9 @@ where
                     MissingTenant::Bypass => return self.pass(req),
                 },
             };
-            let scope = core
-                .keys
-                .scope(tenant.as_ref(), req.method(), req.uri().path(), &key);
+            // Tenant + key: the method and path are in the fingerprint, so a key reused on another
+            // endpoint is a `422`, never a second execution.
+            let scope = core.keys.scope(tenant.as_ref(), &key);
             (scope, tenant)
         };
         // A body announcing more than the limit is refused without reading it.
@@ -332,6 +338,7 @@ impl IdempotencyHandle {
             rejected: load(&s.rejected),
             not_stored: load(&s.not_stored),
             abandoned: load(&s.abandoned),
+            store_full: load(&s.store_full),
         }
     }
 
@@ -359,4 +366,6 @@ pub struct Counts {
     pub not_stored: u64,
     /// Keyed requests abandoned after the handler started (dropped or panicked).
     pub abandoned: u64,
+    /// `503`: the store had no room for a new key (full of requests in flight); nothing was stored.
+    pub store_full: u64,
 }

@@ -269,10 +269,42 @@ async fn same_key_different_request_is_422() {
     req.headers_mut().insert("x-account", "7".parse().unwrap());
     let err = send(&svc, req).await.unwrap_err();
     assert!(is::<IdempotencyMismatch>(&err), "{err}");
-    // Another path is another scope.
-    send(&svc, post("/refunds", Some(b"k"), "b")).await.unwrap();
-    assert_eq!(h.calls(), 2);
+    assert_eq!(h.calls(), 1);
     assert_eq!(handle.counts().mismatches, 3);
+}
+
+/// A key belongs to its tenant, not to an endpoint: reused on another path or with another method it
+/// is another request (`422`), as Stripe refuses and the draft forbids — the handler never runs twice.
+#[tokio::test]
+async fn same_key_on_another_endpoint_is_422() {
+    let h = Handler::default();
+    let (svc, handle) = make(Builder::new(), &h);
+    send(&svc, post("/orders", Some(b"k"), "a")).await.unwrap();
+    let err = send(&svc, post("/refunds", Some(b"k"), "a"))
+        .await
+        .unwrap_err();
+    assert!(is::<IdempotencyMismatch>(&err), "another path: {err}");
+    let mut patch = post("/orders", Some(b"k"), "a");
+    *patch.method_mut() = Method::PATCH;
+    let err = send(&svc, patch).await.unwrap_err();
+    assert!(is::<IdempotencyMismatch>(&err), "another method: {err}");
+    assert_eq!(h.calls(), 1);
+    assert_eq!(handle.counts().mismatches, 2);
+    // Still in flight on one endpoint: another endpoint gets 422 too, not a second execution.
+    let slow = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, post("/slow", Some(b"s"), "a")).await }
+    });
+    while h.calls() == 1 {
+        tokio::task::yield_now().await;
+    }
+    let err = send(&svc, post("/orders", Some(b"s"), "a"))
+        .await
+        .unwrap_err();
+    assert!(is::<IdempotencyMismatch>(&err), "{err}");
+    h.gate.add_permits(1);
+    slow.await.unwrap().unwrap();
+    assert_eq!(h.calls(), 2);
 }
 
 #[tokio::test]
@@ -673,7 +705,7 @@ async fn store_cap_evicts_the_oldest_expiry_first() {
 async fn store_full_of_in_flight_requests_is_503() {
     let h = Handler::default();
     let store = MemoryStore::builder().max_records(1).build();
-    let (svc, _) = make(Builder::new().store(store.clone()), &h);
+    let (svc, handle) = make(Builder::new().store(store.clone()), &h);
     let first = tokio::spawn({
         let svc = svc.clone();
         async move { send(&svc, post("/slow", Some(b"k1"), "a")).await }
@@ -685,6 +717,7 @@ async fn store_full_of_in_flight_requests_is_503() {
         .await
         .unwrap_err();
     assert!(is::<Overloaded>(&err), "{err}");
+    assert_eq!(handle.counts().store_full, 1);
     h.gate.add_permits(2);
     first.await.unwrap().unwrap();
     send(&svc, post("/slow", Some(b"k2"), "a")).await.unwrap();
@@ -744,6 +777,26 @@ async fn audit_names_tenant_and_key_hash_never_the_raw_key() {
         let text = format!("{r:?}");
         assert!(!text.contains(key), "raw key in {text}");
     }
+}
+
+#[tokio::test]
+async fn not_stored_audit_names_method_and_path() {
+    let (audit, ring) = Audit::memory(100);
+    let h = Handler::default();
+    let layer = IdempotencyLayer::builder()
+        .max_response_body(1024)
+        .audit(&audit)
+        .build()
+        .unwrap();
+    let svc: Svc = BoxCloneSyncService::new(layer.layer(h.service()));
+    send(&svc, post("/big?x=1", Some(b"k"), "a")).await.unwrap();
+    audit.flush().await.unwrap();
+    let records = ring.records();
+    let kinds: Vec<_> = records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["idempotency.not_stored"]);
+    assert_eq!(records[0].details["method"], "POST");
+    assert_eq!(records[0].details["path"], "/big");
+    assert_eq!(records[0].details["key_hash"].as_str().unwrap().len(), 64);
 }
 
 #[tokio::test]

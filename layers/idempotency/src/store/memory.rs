@@ -1,4 +1,5 @@
-//! The in-memory store: one mutex around a map and two expiry indexes, bounded in records and bytes.
+//! The in-memory store: one mutex around a map and three expiry indexes (in flight, completed,
+//! failed), bounded in records and bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use palisade_core::config::BuildError;
 use tokio::time::Instant;
 
 use super::{
@@ -22,6 +24,17 @@ const RECORD_OVERHEAD: usize = 128;
 pub const DEFAULT_MAX_RECORDS: usize = 100_000;
 /// The default [`max_bytes`](MemoryStoreBuilder::max_bytes): 64 MiB.
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+/// The largest [`max_records`](MemoryStoreBuilder::max_records): 2²⁴ = 16,777,216 records.
+pub const MAX_RECORDS: usize = 1 << 24;
+/// The largest [`max_bytes`](MemoryStoreBuilder::max_bytes): 64 GiB (the whole address space on
+/// 32-bit targets).
+pub const MAX_BYTES: usize = if (1u64 << 36) > usize::MAX as u64 {
+    usize::MAX
+} else {
+    (1u64 << 36) as usize
+};
+/// The smallest [`max_bytes`](MemoryStoreBuilder::max_bytes): 1 KiB.
+const MIN_BYTES: usize = 1024;
 
 /// An [`IdempotencyStore`] in this process's memory: the default store. A cheap `Clone`; clones share
 /// the records.
@@ -31,10 +44,26 @@ pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 /// record, see [`StoredResponse::size`]). When a new record does not fit, expired records go first,
 /// then completed records in order of expiry, oldest first — so a record can be forgotten before its
 /// TTL under memory pressure (counted in [`evicted`](MemoryStore::evicted); a retry of an evicted key
-/// executes again). In-flight records are never evicted before their lease expires: when the store is
-/// full of them, a claim fails with [`StoreError::Full`] (the layer answers `503`, and nothing was
-/// stored, so a retry is safe). A response that does not fit even after evicting every completed
-/// record is recorded as [`NotStored::TooLarge`].
+/// executes again). Nothing is evicted for a record that would not fit even with every evictable
+/// record gone: it is refused at once.
+///
+/// - **In flight** records are never evicted before their lease expires: when the store is full of
+///   them, a claim fails with [`StoreError::Full`] (the layer answers `503`, and nothing was stored, so
+///   a retry is safe).
+/// - **Completed** records are the ones evicted first.
+/// - **Failed** records (the response was not stored, [`NotStored`]) stand for handlers that ran and
+///   must not run again, so they are evicted last: storing a response never evicts one (the response
+///   is recorded as [`NotStored::TooLarge`] instead), and a new key's claim evicts one only when no
+///   completed record is left — the oldest first, counted in [`evicted`](MemoryStore::evicted) and
+///   logged, and a retry of that key then executes again. They are small (a fixed overhead each), so
+///   with the default limits this takes over 100 000 of them within their TTL; keeping them pinned
+///   instead would let a flood of them refuse every new key with `503` for the whole TTL.
+/// - A response that does not fit even after evicting every completed record is recorded as
+///   [`NotStored::TooLarge`], and no record is evicted for it.
+///
+/// **Owned bytes.** A stored body, header value or trailer is copied into a buffer of its own size
+/// when the response is completed, so the store holds exactly the bytes it counts: a 32-byte slice of
+/// a 1 MiB buffer keeps 32 bytes alive, not the megabyte.
 ///
 /// No background task: expired records are removed when a lookup meets them or when room is needed.
 ///
@@ -54,6 +83,8 @@ struct Inner {
     max_records: usize,
     max_bytes: usize,
     evicted: AtomicU64,
+    /// A limit the builder was given out of range, reported by `validate`.
+    invalid: Option<BuildError>,
 }
 
 type ScopeMap = HashMap<Scope, Slot, BuildHasherDefault<ScopeHasher>>;
@@ -63,9 +94,13 @@ struct Table {
     map: ScopeMap,
     /// In-flight records by lease expiry.
     leases: BTreeMap<(Instant, u64), Scope>,
-    /// Completed and failed records by expiry.
+    /// Completed records by expiry: evicted first.
     done: BTreeMap<(Instant, u64), Scope>,
+    /// Failed records by expiry: evicted last.
+    failed: BTreeMap<(Instant, u64), Scope>,
     bytes: usize,
+    /// The part of `bytes` held by completed records.
+    done_bytes: usize,
     next_id: u64,
 }
 
@@ -107,26 +142,65 @@ impl Slot {
     }
 }
 
+/// Which expiry index a slot is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    InFlight,
+    Completed,
+    Failed,
+}
+
+impl SlotState {
+    fn tier(&self) -> Tier {
+        match self {
+            SlotState::InFlight => Tier::InFlight,
+            SlotState::Completed(_) => Tier::Completed,
+            SlotState::Failed(_) => Tier::Failed,
+        }
+    }
+}
+
+/// Which records [`Table::make_room`] may evict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evict {
+    /// Completed records only (room for a response).
+    Completed,
+    /// Completed records, then failed ones (room for a new key's claim).
+    CompletedThenFailed,
+}
+
 impl Table {
-    fn index(&mut self, in_flight: bool) -> &mut BTreeMap<(Instant, u64), Scope> {
-        if in_flight {
-            &mut self.leases
-        } else {
-            &mut self.done
+    fn index(&mut self, tier: Tier) -> &mut BTreeMap<(Instant, u64), Scope> {
+        match tier {
+            Tier::InFlight => &mut self.leases,
+            Tier::Completed => &mut self.done,
+            Tier::Failed => &mut self.failed,
+        }
+    }
+
+    /// Files a slot that is in `map` under its tier's index and counts its bytes.
+    fn index_slot(&mut self, scope: Scope, tier: Tier, expires: Instant, id: u64, size: usize) {
+        self.index(tier).insert((expires, id), scope);
+        self.bytes += size;
+        if tier == Tier::Completed {
+            self.done_bytes += size;
         }
     }
 
     fn remove(&mut self, scope: &Scope) -> Option<Slot> {
         let slot = self.map.remove(scope)?;
-        let in_flight = matches!(slot.state, SlotState::InFlight);
-        self.index(in_flight).remove(&(slot.expires, slot.id));
+        let tier = slot.state.tier();
+        self.index(tier).remove(&(slot.expires, slot.id));
         self.bytes -= slot.size;
+        if tier == Tier::Completed {
+            self.done_bytes -= slot.size;
+        }
         Some(slot)
     }
 
     fn sweep(&mut self, now: Instant) {
-        for in_flight in [true, false] {
-            while let Some((&(expires, _), &scope)) = self.index(in_flight).first_key_value() {
+        for tier in [Tier::InFlight, Tier::Completed, Tier::Failed] {
+            while let Some((&(expires, _), &scope)) = self.index(tier).first_key_value() {
                 if expires > now {
                     break;
                 }
@@ -135,18 +209,47 @@ impl Table {
         }
     }
 
-    /// Evicts until `records` more records and `bytes` more bytes fit. `false`: they cannot.
-    fn make_room(&mut self, now: Instant, records: usize, bytes: usize, limits: &Inner) -> bool {
-        let fits = |t: &Table| {
-            t.map.len() + records <= limits.max_records && t.bytes + bytes <= limits.max_bytes
+    /// Evicts until `records` more records and `bytes` more bytes fit. `false`: they cannot, even with
+    /// every record `evict` allows gone — and then nothing is evicted.
+    fn make_room(
+        &mut self,
+        now: Instant,
+        records: usize,
+        bytes: usize,
+        evict: Evict,
+        limits: &Inner,
+    ) -> bool {
+        let fits = |t: &Table, gone_records: usize, gone_bytes: usize| {
+            t.map.len() - gone_records + records <= limits.max_records
+                && (t.bytes - gone_bytes).saturating_add(bytes) <= limits.max_bytes
         };
-        if fits(self) {
+        if fits(self, 0, 0) {
             return true;
         }
         self.sweep(now);
-        while !fits(self) {
-            let Some((_, &scope)) = self.done.first_key_value() else {
-                return false;
+        let (mut gone_records, mut gone_bytes) = (self.done.len(), self.done_bytes);
+        if evict == Evict::CompletedThenFailed {
+            gone_records += self.failed.len();
+            gone_bytes += self.failed.len() * RECORD_OVERHEAD;
+        }
+        if !fits(self, gone_records, gone_bytes) {
+            return false;
+        }
+        while !fits(self, 0, 0) {
+            let scope = match self.done.first_key_value() {
+                Some((_, &scope)) => scope,
+                None => {
+                    let Some((_, &scope)) = self.failed.first_key_value() else {
+                        // Unreachable: the check above counted what there is to evict.
+                        return false;
+                    };
+                    tracing::warn!(
+                        scope = ?scope,
+                        "idempotency store full: a key whose response was not stored is forgotten \
+                         to make room; a retry of it executes again"
+                    );
+                    scope
+                }
             };
             self.remove(&scope);
             limits.evicted.fetch_add(1, Ordering::Relaxed);
@@ -224,14 +327,19 @@ impl MemoryStore {
             }
             t.remove(&scope);
         }
-        if !t.make_room(now, 1, RECORD_OVERHEAD, &self.inner) {
+        if !t.make_room(
+            now,
+            1,
+            RECORD_OVERHEAD,
+            Evict::CompletedThenFailed,
+            &self.inner,
+        ) {
             return Err(StoreError::Full);
         }
         let id = t.next_id;
         t.next_id += 1;
         let expires = now + lease;
-        t.leases.insert((expires, id), scope);
-        t.bytes += RECORD_OVERHEAD;
+        t.index_slot(scope, Tier::InFlight, expires, id, RECORD_OVERHEAD);
         t.map.insert(
             scope,
             Slot {
@@ -252,6 +360,16 @@ impl MemoryStore {
         outcome: Completion,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        // Copy the response into buffers of its own size (outside the lock), so the store holds exactly
+        // the bytes it counts; one that cannot fit is not copied, it is recorded as too large.
+        let outcome = match outcome {
+            Completion::Response(r)
+                if RECORD_OVERHEAD.saturating_add(r.size()) <= self.inner.max_bytes =>
+            {
+                Completion::Response(Arc::new(r.to_owned_exact()))
+            }
+            other => other,
+        };
         let now = Instant::now();
         let mut t = self.table();
         let Some(slot) = t.map.get(&scope).filter(|s| s.in_flight_under(token)) else {
@@ -268,15 +386,16 @@ impl MemoryStore {
             }
             Completion::Failed(reason) => (SlotState::Failed(reason), RECORD_OVERHEAD),
         };
-        // The slot itself is still in the map, so no extra record is needed.
-        if size > self.inner.max_bytes || !t.make_room(now, 0, size, &self.inner) {
+        // The slot itself is still in the map, so no extra record is needed. A response may evict
+        // completed records only; one that cannot fit evicts nothing and is recorded as too large.
+        if size > self.inner.max_bytes || !t.make_room(now, 0, size, Evict::Completed, &self.inner)
+        {
             state = SlotState::Failed(NotStored::TooLarge);
+            // The slot's own overhead was taken out above, so it fits again without evicting.
             size = RECORD_OVERHEAD;
-            t.make_room(now, 0, size, &self.inner);
         }
         let expires = now + ttl;
-        t.done.insert((expires, id), scope);
-        t.bytes += size;
+        t.index_slot(scope, state.tier(), expires, id, size);
         let slot = t
             .map
             .get_mut(&scope)
@@ -344,8 +463,7 @@ impl IdempotencyStore for MemoryStore {
                 slot.state = SlotState::Failed(reason);
                 slot.expires = now + ttl;
                 slot.size = RECORD_OVERHEAD;
-                t.done.insert((slot.expires, slot.id), scope);
-                t.bytes += slot.size;
+                t.index_slot(scope, Tier::Failed, slot.expires, slot.id, slot.size);
                 t.map.insert(scope, slot);
             }
         }
@@ -360,6 +478,10 @@ impl IdempotencyStore for MemoryStore {
             .filter(|s| s.expires > now)
             .map(|s| s.record(now));
         StoreFuture::ready(Ok(record))
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        self.inner.invalid.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -380,28 +502,48 @@ impl Default for MemoryStoreBuilder {
 }
 
 impl MemoryStoreBuilder {
-    /// The most records held at once, in flight or completed (at least 1; default
+    /// The most records held at once, in flight or completed (1 to [`MAX_RECORDS`]; default
     /// [`DEFAULT_MAX_RECORDS`]).
     pub fn max_records(mut self, n: usize) -> Self {
-        self.max_records = n.max(1);
+        self.max_records = n;
         self
     }
 
-    /// The most bytes held at once: stored responses plus a fixed overhead per record (at least 1 KiB;
-    /// default [`DEFAULT_MAX_BYTES`]).
+    /// The most bytes held at once: stored responses plus a fixed overhead per record (1 KiB to
+    /// [`MAX_BYTES`]; default [`DEFAULT_MAX_BYTES`]).
     pub fn max_bytes(mut self, n: usize) -> Self {
-        self.max_bytes = n.max(1024);
+        self.max_bytes = n;
         self
     }
 
     /// The store.
+    ///
+    /// Limits out of range are refused when a layer using the store is built: its
+    /// [`Builder::build`](crate::Builder::build) returns the [`BuildError`] naming the limit. (Until
+    /// then, and for a store used without a layer, they are held to the nearest bound.)
     pub fn build(self) -> MemoryStore {
+        let invalid = if !(1..=MAX_RECORDS).contains(&self.max_records) {
+            Some(BuildError::new(
+                crate::config::LAYER,
+                "max_records",
+                format!("{} is not in 1..={MAX_RECORDS}", self.max_records),
+            ))
+        } else if !(MIN_BYTES..=MAX_BYTES).contains(&self.max_bytes) {
+            Some(BuildError::new(
+                crate::config::LAYER,
+                "max_bytes",
+                format!("{} is not in {MIN_BYTES}..={MAX_BYTES}", self.max_bytes),
+            ))
+        } else {
+            None
+        };
         MemoryStore {
             inner: Arc::new(Inner {
                 table: Mutex::new(Table::default()),
-                max_records: self.max_records,
-                max_bytes: self.max_bytes,
+                max_records: self.max_records.clamp(1, MAX_RECORDS),
+                max_bytes: self.max_bytes.clamp(MIN_BYTES, MAX_BYTES),
                 evicted: AtomicU64::new(0),
+                invalid,
             }),
         }
     }
@@ -599,6 +741,182 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    fn complete(s: &MemoryStore, n: u8, body: usize, ttl: Duration) {
+        let t = token(claim(s, n, MIN));
+        let r = Arc::new(StoredResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(vec![b'x'; body]),
+        ));
+        s.complete_now(scope(n), t, Completion::Response(r), ttl)
+            .unwrap();
+    }
+
+    fn mark_failed(s: &MemoryStore, n: u8, ttl: Duration) {
+        let t = token(claim(s, n, MIN));
+        s.release(
+            scope(n),
+            t,
+            Release::MarkFailed {
+                reason: NotStored::Abandoned,
+                ttl,
+            },
+        );
+    }
+
+    async fn is_failed(s: &MemoryStore, n: u8) -> bool {
+        matches!(s.get(scope(n)).await, Ok(Some(Record::Failed { .. })))
+    }
+
+    async fn is_completed(s: &MemoryStore, n: u8) -> bool {
+        matches!(s.get(scope(n)).await, Ok(Some(Record::Completed { .. })))
+    }
+
+    /// A response that cannot fit even with every completed record gone evicts none of them.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_that_cannot_fit_evicts_nothing() {
+        let s = MemoryStore::builder().max_bytes(4096).build();
+        for n in 1..=4 {
+            complete(&s, n, 1, DAY);
+        }
+        // 20 requests in flight hold 2560 bytes that cannot be evicted.
+        let tokens: Vec<_> = (10..30).map(|n| token(claim(&s, n, MIN))).collect();
+        let before = s.bytes();
+        let r = Arc::new(StoredResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(vec![b'x'; 1500]),
+        ));
+        // 1788 bytes: under max_bytes, but over what evicting all four completed records frees.
+        assert!(RECORD_OVERHEAD + r.size() < 4096);
+        s.complete_now(scope(10), tokens[0], Completion::Response(r), DAY)
+            .unwrap();
+        assert!(matches!(
+            s.get(scope(10)).await,
+            Ok(Some(Record::Failed {
+                reason: NotStored::TooLarge,
+                ..
+            }))
+        ));
+        assert_eq!(
+            s.evicted(),
+            0,
+            "nothing evicted for a response that could not fit"
+        );
+        for n in 1..=4 {
+            assert!(is_completed(&s, n).await, "record {n} kept");
+        }
+        assert_eq!(s.bytes(), before);
+    }
+
+    /// A claim that cannot fit even with every evictable record gone evicts none of them.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_that_cannot_fit_evicts_nothing() {
+        let s = MemoryStore::builder().max_records(3).build();
+        complete(&s, 1, 1, DAY);
+        let _a = token(claim(&s, 2, MIN));
+        let _b = token(claim(&s, 3, MIN));
+        // Evicting 1 makes room: a claim may.
+        token(claim(&s, 4, MIN));
+        assert_eq!(s.evicted(), 1);
+        // Now three in flight: nothing to evict, and nothing is.
+        assert!(matches!(claim(&s, 5, MIN), Err(StoreError::Full)));
+        assert_eq!((s.len(), s.evicted()), (3, 1));
+    }
+
+    /// Failed records stand for handlers that ran: they are evicted only for a new key's claim, and
+    /// only once no completed record is left.
+    #[tokio::test(start_paused = true)]
+    async fn failed_records_are_evicted_last() {
+        let s = MemoryStore::builder().max_records(3).build();
+        // The failed record expires first: by expiry alone it would go first.
+        mark_failed(&s, 1, Duration::from_secs(10));
+        complete(&s, 2, 1, DAY);
+        complete(&s, 3, 1, DAY);
+        let _t4 = token(claim(&s, 4, MIN));
+        assert!(is_failed(&s, 1).await, "the failed record survives");
+        assert!(
+            s.get(scope(2)).await.unwrap().is_none(),
+            "the completed one went"
+        );
+        let _t5 = token(claim(&s, 5, MIN));
+        assert!(is_failed(&s, 1).await);
+        assert!(s.get(scope(3)).await.unwrap().is_none());
+        // No completed record left: a new key's claim evicts the failed record (documented).
+        let _t6 = token(claim(&s, 6, MIN));
+        assert!(s.get(scope(1)).await.unwrap().is_none());
+        assert_eq!(s.evicted(), 3);
+    }
+
+    /// Storing a response never evicts a failed record: the response is not stored instead.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_never_evicts_failed_records() {
+        let s = MemoryStore::builder().max_bytes(2048).build();
+        mark_failed(&s, 1, MIN);
+        complete(&s, 2, 1700, DAY);
+        assert!(is_failed(&s, 1).await, "the failed record survives");
+        assert!(matches!(
+            s.get(scope(2)).await,
+            Ok(Some(Record::Failed {
+                reason: NotStored::TooLarge,
+                ..
+            }))
+        ));
+        assert_eq!(s.evicted(), 0);
+    }
+
+    /// Whether `part` points into `whole`'s allocation.
+    fn within(part: &[u8], whole: &[u8]) -> bool {
+        let range = whole.as_ptr_range();
+        range.contains(&part.as_ptr()) || (part.as_ptr() == range.end && !whole.is_empty())
+    }
+
+    /// The store keeps exactly what it counts: a small slice of a large buffer is copied out, so the
+    /// large buffer is not kept alive by the record.
+    #[tokio::test(start_paused = true)]
+    async fn stored_bytes_do_not_share_the_callers_buffers() {
+        let s = MemoryStore::builder().max_bytes(64 << 10).build();
+        let big = Bytes::from(vec![b'a'; 1 << 20]);
+        let mut headers = HeaderMap::new();
+        let value = http::HeaderValue::from_maybe_shared(big.slice(100..132)).unwrap();
+        assert!(within(value.as_bytes(), &big), "the test shares the buffer");
+        headers.insert("x-big", value);
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            "x-trailer",
+            http::HeaderValue::from_maybe_shared(big.slice(200..216)).unwrap(),
+        );
+        let mut sensitive = http::HeaderValue::from_maybe_shared(big.slice(300..310)).unwrap();
+        sensitive.set_sensitive(true);
+        headers.insert("authorization", sensitive);
+        let r = StoredResponse::new(StatusCode::OK, headers, big.slice(0..32))
+            .with_trailers(Some(trailers));
+        let t = token(claim(&s, 1, MIN));
+        s.complete_now(scope(1), t, Completion::Response(Arc::new(r.clone())), DAY)
+            .unwrap();
+        let Ok(Some(Record::Completed { response, .. })) = s.get(scope(1)).await else {
+            panic!("not stored");
+        };
+        assert_eq!(*response, r, "the same bytes");
+        assert!(
+            !within(&response.body, &big),
+            "the body shares the 1 MiB buffer"
+        );
+        for (name, v) in &response.headers {
+            assert!(
+                !within(v.as_bytes(), &big),
+                "header {name} shares the buffer"
+            );
+        }
+        assert!(response.headers["authorization"].is_sensitive());
+        let trailer = &response.trailers.as_ref().unwrap()["x-trailer"];
+        assert!(
+            !within(trailer.as_bytes(), &big),
+            "the trailer shares the buffer"
+        );
+        assert!(s.bytes() < 64 << 10);
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,7 +44,9 @@
 
 mod memory;
 
-pub use memory::{MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS};
+pub use memory::{
+    MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, MAX_BYTES, MAX_RECORDS,
+};
 
 use std::error::Error;
 use std::fmt;
@@ -56,6 +58,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use palisade_core::config::BuildError;
 use palisade_core::error::BoxError;
 
 use crate::hash::{Fingerprint, Scope};
@@ -91,6 +94,16 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
     /// The record of `scope`, if there is one that has not expired.
     fn get(&self, scope: Scope) -> StoreFuture<Result<Option<Record>, StoreError>>;
+
+    /// Checks the store's own configuration; called once by
+    /// [`Builder::build`](crate::Builder::build), whose error it becomes. The default accepts it.
+    ///
+    /// # Errors
+    ///
+    /// A setting of the store is out of range.
+    fn validate(&self) -> Result<(), BuildError> {
+        Ok(())
+    }
 }
 
 impl<St: IdempotencyStore + ?Sized> IdempotencyStore for Arc<St> {
@@ -119,6 +132,10 @@ impl<St: IdempotencyStore + ?Sized> IdempotencyStore for Arc<St> {
 
     fn get(&self, scope: Scope) -> StoreFuture<Result<Option<Record>, StoreError>> {
         (**self).get(scope)
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        (**self).validate()
     }
 }
 
@@ -266,6 +283,31 @@ impl StoredResponse {
     pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
         self.trailers = trailers;
         self
+    }
+
+    /// A copy that owns exactly its bytes: the body, every header value and every trailer value copied
+    /// into buffers of their own size. [`Bytes`] and [`HeaderValue`](http::HeaderValue)s can be views
+    /// into a larger buffer (a slice of a read buffer) and keep all of it alive; a store that holds
+    /// responses in memory and counts [`size`](Self::size) against a limit stores this copy, so what
+    /// it counts is what it holds. (Header names are always owned or static.) Sensitive header values
+    /// stay sensitive.
+    pub fn to_owned_exact(&self) -> StoredResponse {
+        fn headers(h: &HeaderMap) -> HeaderMap {
+            let mut out = HeaderMap::with_capacity(h.len());
+            for (name, value) in h {
+                let mut copy = http::HeaderValue::from_bytes(value.as_bytes())
+                    .expect("a header value's bytes are a valid header value");
+                copy.set_sensitive(value.is_sensitive());
+                out.append(name.clone(), copy);
+            }
+            out
+        }
+        StoredResponse {
+            status: self.status,
+            headers: headers(&self.headers),
+            body: Bytes::copy_from_slice(&self.body),
+            trailers: self.trailers.as_ref().map(headers),
+        }
     }
 
     /// An estimate of the memory it takes, in bytes: the body, every header name and value, and a fixed
