@@ -18,7 +18,7 @@
 //! - **The API** — `/hello`, `/orders`, `/orders/count`, `/slow`, `/upstream` — is behind the server
 //!   preset: rescue → degradation gate → rate limit → bulkhead → timeout → breaker → chaos → handler.
 //!   The rate limit therefore covers *every* API route: each tenant (`x-tenant-id`; requests without it
-//!   share one anonymous bucket) has one quota across all of them — 5 requests per 10 s with the shipped
+//!   share one anonymous bucket; a malformed one is a 400) has one quota across all of them — 5 requests per 10 s with the shipped
 //!   `demo.toml`. Use a fresh tenant name per step below, or wait a few seconds.
 //! - `POST /orders` also has the Idempotency-Key layer (`route_layer`), inside the preset.
 //! - `/upstream` calls an in-process upstream service (`GET /quote`) through the client preset —

@@ -469,3 +469,77 @@ async fn a_reload_that_fails_changes_nothing() {
     assert_eq!(err.key(), Some("server.rate_limit.tiers.gold"), "{err}");
     assert_eq!(state(&h), before);
 }
+
+/// Item 24: a reload refused part-way takes back the tiers it created, not only the ones it changed.
+#[tokio::test]
+async fn a_refused_reload_removes_the_tiers_it_created() {
+    let old = load(QUOTAS);
+    let stack = server(&old, &Audit::disabled());
+    let h = stack.handles().clone();
+    let before = h.rate_limit().unwrap().metrics();
+    // "bronze" is created first (tiers apply in name order), then "gold" is refused by the running
+    // layer: it refills slower than its idle timeout (10 min).
+    let refused = load(
+        &QUOTAS
+            .replace(
+                "limit = 1, per = \"10s\" }",
+                "limit = 1, per = \"10s\" }\nidle_timeout = \"2h\"",
+            )
+            .replace(
+                "gold = { limit = 10, per = \"1s\", burst = 1000 }",
+                "bronze = { limit = 5, per = \"1s\" }\ngold = { limit = 1, per = \"1h\" }",
+            ),
+    );
+    let err = old.reload(&refused, &h, None).unwrap_err();
+    assert_eq!(err.key(), Some("server.rate_limit.tiers.gold"), "{err}");
+    assert_eq!(
+        h.rate_limit().unwrap().metrics(),
+        before,
+        "the refused reload left a tier behind"
+    );
+}
+
+const ANONYMOUS: &str = r#"
+[server]
+tenant_header = "x-tenant-id"
+[server.rate_limit]
+default_rate = { limit = 100, per = "1s" }
+missing_key = "anonymous"
+"#;
+
+/// Item 11: a reload that creates the `anonymous` tier applies it to keyless requests (it used to
+/// report success and change nothing), and one that removes it hands them back to the default tier.
+#[tokio::test]
+async fn a_reload_creates_and_removes_the_anonymous_tier() {
+    let keyless = || {
+        Request::get("/items")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let old = load(ANONYMOUS);
+    let stack = server(&old, &Audit::disabled());
+    let h = stack.handles().clone();
+    assert_eq!(send(&stack, keyless()).await.0, StatusCode::OK);
+    let new = load(&format!(
+        "{ANONYMOUS}[server.rate_limit.tiers]\nanonymous = {{ limit = 1, per = \"1m\" }}\n"
+    ));
+    let report = old.reload(&new, &h, None).unwrap();
+    assert_eq!(report.applied().len(), 1, "{report}");
+    let limit = h.rate_limit().unwrap();
+    assert_eq!(limit.check_anonymous().policy.as_ref(), "anonymous");
+    assert_eq!(
+        send(&stack, keyless()).await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the anonymous tier the reload reported is not applied"
+    );
+
+    let report = new.reload(&old, &h, None).unwrap();
+    assert_eq!(report.applied().len(), 1, "{report}");
+    assert!(!report.needs_restart(), "{report}");
+    assert!(
+        report.applied()[0].starts_with("server.rate_limit.tiers.anonymous: tier removed"),
+        "{report}"
+    );
+    assert_eq!(limit.check_anonymous().policy.as_ref(), "default");
+    assert!(!limit.metrics().iter().any(|m| &*m.name == "anonymous"));
+}

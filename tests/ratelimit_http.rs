@@ -17,17 +17,22 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use palisade::key::HeaderKey;
-use palisade::ratelimit::{MissingKey, Rate, RateLimitHandle, RateLimitLayer};
+use palisade::ratelimit::{MalformedKey, MissingKey, Rate, RateLimitHandle, RateLimitLayer};
 use palisade::rescue::RescueLayer;
 use tower::ServiceBuilder;
 
 const BURST: u32 = 20;
 
 async fn serve(missing: MissingKey) -> (SocketAddr, RateLimitHandle) {
+    serve_with(missing, MalformedKey::Reject).await
+}
+
+async fn serve_with(missing: MissingKey, malformed: MalformedKey) -> (SocketAddr, RateLimitHandle) {
     let limit = RateLimitLayer::builder(HeaderKey::from_static("x-tenant-id").max_len(32))
         .default_rate(Rate::per_hour(BURST))
         .tier("anonymous", Rate::per_hour(2))
         .missing_key(missing)
+        .malformed_key(malformed)
         .headers_on_success(true)
         .build()
         .expect("valid config");
@@ -136,19 +141,14 @@ async fn a_flooding_tenant_does_not_reduce_another_tenants_quota() {
 }
 
 #[tokio::test]
-async fn bad_tenant_keys_are_400_or_share_the_anonymous_bucket() {
+async fn bad_tenant_keys_are_400_and_only_missing_ones_share_the_anonymous_bucket() {
     let long = vec![b'x'; 33];
-    let bad: [Option<&[u8]>; 5] = [
-        None,
-        Some(b""),
-        Some(&long),
-        Some("münchen".as_bytes()),
-        Some(b"a\tb"),
-    ];
+    let malformed: [&[u8]; 5] = [b"", &long, "münchen".as_bytes(), b"a\tb", &[b'x'; 10_000]];
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
 
+    // Missing and malformed keys are refused under `Reject`, with a problem naming the header.
     let (addr, _) = serve(MissingKey::Reject).await;
-    for key in bad {
+    for key in std::iter::once(None).chain(malformed.iter().map(|k| Some(*k))) {
         let got = get_as(&client, addr, key).await;
         assert_eq!(got.status, StatusCode::BAD_REQUEST, "{key:?}");
         let body = std::str::from_utf8(&got.body).unwrap();
@@ -158,19 +158,70 @@ async fn bad_tenant_keys_are_400_or_share_the_anonymous_bucket() {
         );
     }
 
+    // Under `Anonymous`, a malformed key is still a 400 (a tenant at its cap cannot escape to the
+    // anonymous bucket by sending garbage); only a missing one shares the anonymous bucket.
     let (addr, _) = serve(MissingKey::Anonymous).await;
-    let mut statuses = Vec::new();
-    for key in bad {
-        statuses.push(get_as(&client, addr, key).await.status);
+    for _ in 0..BURST {
+        assert_eq!(
+            get_as(&client, addr, Some(b"acme")).await.status,
+            StatusCode::OK
+        );
     }
-    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    assert_eq!(ok, 2, "the anonymous tier allows 2: {statuses:?}");
-    assert!(statuses[2..]
-        .iter()
-        .all(|s| *s == StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(
+        get_as(&client, addr, Some(b"acme")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for key in malformed {
+        let got = get_as(&client, addr, Some(key)).await;
+        assert_eq!(
+            got.status,
+            StatusCode::BAD_REQUEST,
+            "{:?}",
+            &key[..key.len().min(40)]
+        );
+        assert!(std::str::from_utf8(&got.body)
+            .unwrap()
+            .contains("invalid key"));
+    }
+    let statuses: Vec<_> = keyless_statuses(&client, addr, 3).await;
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "garbage used no anonymous quota; the anonymous tier allows 2"
+    );
+
+    // The explicit opt-in pools malformed keys with the missing ones.
+    let (addr, _) = serve_with(MissingKey::Anonymous, MalformedKey::AsMissing).await;
+    let mut statuses = Vec::new();
+    for key in malformed {
+        statuses.push(get_as(&client, addr, Some(key)).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
     // Real tenants are unaffected.
     assert_eq!(
         get_as(&client, addr, Some(b"acme")).await.status,
         StatusCode::OK
     );
+}
+
+/// `n` keyless requests in a row, their statuses.
+async fn keyless_statuses(client: &HttpClient, addr: SocketAddr, n: usize) -> Vec<StatusCode> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(get_as(client, addr, None).await.status);
+    }
+    out
 }

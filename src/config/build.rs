@@ -22,8 +22,8 @@ use tower_layer::Stack;
 use super::error::{ConfigError, ConfigErrorKind};
 use super::schema::{
     BackoffKind, BreakerConfig, BulkheadConfig, ChaosConfig, FallbackTrigger, GateConfig,
-    KeyRuleChoice, MissingKeyPolicy, MissingTenantPolicy, OnAbandonPolicy, RateLimitConfig,
-    RetryConfig, TimeoutConfig,
+    KeyRuleChoice, MalformedKeyPolicy, MissingKeyPolicy, MissingTenantPolicy, OnAbandonPolicy,
+    RateLimitConfig, RetryConfig, TimeoutConfig,
 };
 use super::Config;
 use crate::rescue::grpc::StatusLayer;
@@ -346,6 +346,9 @@ impl Config {
                 MissingTenantPolicy::Bypass => MissingTenant::Bypass,
             });
         }
+        if let Some(p) = i.malformed_tenant {
+            b = b.malformed_tenant(malformed(p));
+        }
         if let Some(s) = &i.secret {
             b = b.secret(s.expose().as_bytes());
         }
@@ -599,7 +602,13 @@ impl Config {
                     "there is no tenant without `server.tenant_header`",
                 ));
             }
-            // The store builder raises these silently; a config says what it means.
+            if i.malformed_tenant.is_some() && s.tenant_header.is_none() {
+                return Err(self.invalid(
+                    "server.idempotency.malformed_tenant",
+                    "there is no tenant without `server.tenant_header`",
+                ));
+            }
+            // Checked here too, so the error names the config key.
             if i.max_records == Some(0) {
                 return Err(self.invalid("server.idempotency.max_records", "must be at least 1"));
             }
@@ -655,8 +664,18 @@ impl Config {
         }
         if let Some(r) = source.downcast_ref::<palisade_retry::BuildError>() {
             let setting = match r {
-                palisade_retry::BuildError::ZeroAttempts => "max_attempts",
-                palisade_retry::BuildError::BaseExceedsMax { .. }
+                palisade_retry::BuildError::ZeroAttempts
+                | palisade_retry::BuildError::TooManyAttempts(_) => "max_attempts",
+                palisade_retry::BuildError::MaxBodyTooLarge(_) => "max_body",
+                palisade_retry::BuildError::DelayTooLong {
+                    setting: "retry_after_cap",
+                    ..
+                } => "retry_after_cap",
+                palisade_retry::BuildError::DelayTooLong {
+                    setting: "jitter", ..
+                } => "backoff.jitter",
+                palisade_retry::BuildError::DelayTooLong { .. }
+                | palisade_retry::BuildError::BaseExceedsMax { .. }
                 | palisade_retry::BuildError::ZeroDecorrelatedBase => "backoff",
                 _ => "budget",
             };
@@ -693,6 +712,7 @@ pub(crate) fn scratch_bulkhead_limits(c: &BulkheadConfig) -> Option<(usize, Opti
 fn setting_key<'a>(slot: &str, setting: &'a str) -> &'a str {
     match (slot, setting) {
         ("gate" | "idempotency", "route") => "routes",
+        ("idempotency", "fingerprint_header") => "fingerprint_headers",
         ("rate_limit", "tier") => "tiers",
         ("rate_limit", "adaptive") => "adaptive_floor",
         _ => setting,
@@ -722,6 +742,9 @@ fn rate_limit_builder(
             MissingKeyPolicy::Reject => palisade_ratelimit::MissingKey::Reject,
             MissingKeyPolicy::Anonymous => palisade_ratelimit::MissingKey::Anonymous,
         });
+    }
+    if let Some(m) = r.malformed_key {
+        b = b.malformed_key(malformed(m));
     }
     if let Some(p) = &r.penalty {
         b = b.penalty(p.base, p.max, p.decay);
@@ -783,6 +806,9 @@ fn bulkhead_builder_unkeyed(c: &BulkheadConfig) -> ClientBulkheadBuilder {
             MissingKeyPolicy::Reject => palisade_bulkhead::MissingKey::Reject,
             MissingKeyPolicy::Anonymous => palisade_bulkhead::MissingKey::Anonymous,
         });
+    }
+    if let Some(m) = c.malformed_key {
+        b = b.malformed_key(malformed(m));
     }
     if let Some(n) = c.max_keys {
         b = b.max_keys(n);
@@ -913,4 +939,12 @@ fn retry_builder(c: &RetryConfig) -> RetryBuilder {
         });
     }
     b
+}
+
+/// The key layers' policy for a key that is present but malformed.
+fn malformed(p: MalformedKeyPolicy) -> palisade_core::key::MalformedKey {
+    match p {
+        MalformedKeyPolicy::Reject => palisade_core::key::MalformedKey::Reject,
+        MalformedKeyPolicy::AsMissing => palisade_core::key::MalformedKey::AsMissing,
+    }
 }

@@ -52,6 +52,7 @@ const RATE_LIMIT: &[&str] = &[
     "tenants",
     "global",
     "missing_key",
+    "malformed_key",
     "penalty",
     "penalty.base",
     "penalty.max",
@@ -77,6 +78,7 @@ const BULKHEAD: &[&str] = &[
     "retry_after",
     "hold_until_body_end",
     "missing_key",
+    "malformed_key",
     "max_keys",
     "idle_timeout",
 ];
@@ -134,6 +136,7 @@ const IDEMPOTENCY: &[&str] = &[
     "store_server_errors",
     "on_abandon",
     "missing_tenant",
+    "malformed_tenant",
     "secret",
     "max_records",
     "max_bytes",

@@ -107,9 +107,9 @@ pub use schema::{
     BackoffConfig, BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, ChaosConfig,
     ClientConfig, ErrorRateTrigger, FallbackConfig, FallbackTrigger, FloorConfig, GateConfig,
     HealthLevelsConfig, IdempotencyConfig, IdempotencyRoute, InFlightTrigger, KeyRuleChoice,
-    LatencyTrigger, LoadAtConfig, MissingKeyPolicy, MissingTenantPolicy, OnAbandonPolicy,
-    OpenWaitConfig, PenaltyConfig, QueueConfig, RateConfig, RateLimitConfig, RetryConfig,
-    ServerConfig, SlowCallConfig, TimeoutConfig,
+    LatencyTrigger, LoadAtConfig, MalformedKeyPolicy, MissingKeyPolicy, MissingTenantPolicy,
+    OnAbandonPolicy, OpenWaitConfig, PenaltyConfig, QueueConfig, RateConfig, RateLimitConfig,
+    RetryConfig, ServerConfig, SlowCallConfig, TimeoutConfig,
 };
 
 use source::Provenance;

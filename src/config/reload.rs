@@ -75,6 +75,7 @@ impl fmt::Display for ReloadReport {
 /// One change pushed through a handle, and how to take it back.
 enum Action {
     Tier(RateLimitHandle, String, Rate),
+    RemoveTier(RateLimitHandle, String),
     Global(RateLimitHandle, Rate),
     Assign(RateLimitHandle, http::HeaderValue, String),
     Unassign(RateLimitHandle, http::HeaderValue),
@@ -89,6 +90,8 @@ enum Action {
 enum Undo {
     Nothing,
     Tier(RateLimitHandle, String, Rate),
+    /// Removes a tier the reload created.
+    RemoveTier(RateLimitHandle, String),
     Global(RateLimitHandle, Rate),
     Tenant(RateLimitHandle, http::HeaderValue, Arc<str>),
     Breaker(BreakerHandle, Thresholds),
@@ -133,12 +136,14 @@ impl Config {
     /// then pushes every change that can be made while running through `server`'s handles (and
     /// `client`'s, for the client stack), and reports the rest as needing a restart.
     ///
-    /// Applied live: rate-limit tiers, the default and global rates, tenant assignments; the gate's
+    /// Applied live: rate-limit tiers (created, changed or removed, `anonymous` included), the default
+    /// and global rates, tenant assignments; the gate's
     /// level (`initial_level`: set by hand, or handed back to automatic mode when it returns to
     /// `normal`); the bulkhead's `max_concurrent` and `max_per_tenant`; the breakers' thresholds
     /// (`consecutive_failures`, `failure_rate`, `slow_call_rate`, `minimum_calls`). If a handle refuses a
-    /// change (say a tier that refills slower than the running layer's idle timeout), the changes
-    /// already applied are taken back and the error names the key.
+    /// change (say a tier that refills slower than the running layer's idle timeout, or the removal of
+    /// a tier that tenants were assigned to through the handle), the changes already applied are taken
+    /// back — tiers the reload created are removed again — and the error names the key.
     ///
     /// The reload is recorded in the audit log of `server`'s handles as `config.reloaded`, with the
     /// origin, what was applied and what needs a restart. Keep `new` as the current config
@@ -172,8 +177,10 @@ impl Config {
             Action::Tier(..) => 0,
             Action::Global(..) => 1,
             Action::Assign(..) | Action::Unassign(..) => 2,
-            Action::Breaker(..) => 3,
-            _ => 4,
+            // After the assignments, which move the config's tenants out of a removed tier.
+            Action::RemoveTier(..) => 3,
+            Action::Breaker(..) => 4,
+            _ => 5,
         });
         let mut undo: Vec<Undo> = Vec::new();
         for (key, action) in actions {
@@ -393,8 +400,9 @@ fn plan_rate_limit(
         }
     }
     for name in old_tiers.keys().filter(|t| !new_tiers.contains_key(*t)) {
-        restart.push(format!(
-            "server.rate_limit.tiers.{name}: removed; a tier cannot be removed from a running layer"
+        actions.push((
+            format!("server.rate_limit.tiers.{name}"),
+            Action::RemoveTier(handle.clone(), name.clone()),
         ));
     }
     match (old_global, new_global) {
@@ -550,8 +558,23 @@ fn apply(action: Action, undo: &mut Vec<Undo>) -> Result<String, String> {
                 Some(b) => format!("{} -> {}", rate_text(&b), rate_text(&rate)),
                 None => format!("tier created: {}", rate_text(&rate)),
             };
-            undo.push(before.map_or(Undo::Nothing, |b| Undo::Tier(h, name, b)));
+            undo.push(match before {
+                Some(b) => Undo::Tier(h, name, b),
+                None => Undo::RemoveTier(h, name),
+            });
             Ok(text)
+        }
+        Action::RemoveTier(h, name) => {
+            let before = tier_rate(&h, &name);
+            let removed = h.remove_tier(&name).map_err(|e| e.to_string())?;
+            match (removed, before) {
+                (true, Some(b)) => {
+                    undo.push(Undo::Tier(h, name, b));
+                    Ok(format!("tier removed (was {})", rate_text(&b)))
+                }
+                (true, None) => Ok("tier removed".to_owned()),
+                (false, _) => Ok("tier removed (it was not in the running layer)".to_owned()),
+            }
         }
         Action::Global(h, rate) => {
             let before = tier_rate(&h, "global");
@@ -611,6 +634,7 @@ fn revert(u: Undo) {
     let restored = match u {
         Undo::Nothing => Ok(()),
         Undo::Tier(h, name, rate) => h.set_tier(&name, rate),
+        Undo::RemoveTier(h, name) => h.remove_tier(&name).map(|_| ()),
         Undo::Global(h, rate) => h.set_global(rate),
         Undo::Tenant(h, tenant, tier) => {
             if &*tier == "default" {

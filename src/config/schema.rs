@@ -127,7 +127,8 @@ pub struct GateConfig {
     /// `auto_error_rate`: `{ level, enter, leave }` as rates in `(0, 1]`.
     #[serde(default)]
     pub auto_error_rate: Option<ErrorRateTrigger>,
-    /// `auto_dwell`: the least time at a level before stepping down.
+    /// `auto_dwell`: how long the signals must stay below their leave thresholds, continuously, before
+    /// stepping down.
     #[serde(default, deserialize_with = "duration::optional")]
     pub auto_dwell: Option<Duration>,
     /// `auto_interval`: how often the request path evaluates the signals.
@@ -280,6 +281,19 @@ pub enum MissingKeyPolicy {
     Anonymous,
 }
 
+/// What happens to a request whose key is present but malformed (too long, empty, not visible ASCII,
+/// repeated): `"reject"` or `"as_missing"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MalformedKeyPolicy {
+    /// Refuse it (`400`), whatever the missing-key policy says. The default.
+    Reject,
+    /// Handle it like a missing key (under `"anonymous"`, the anonymous bucket): lets any client choose the
+    /// anonymous bucket over its own, so only for keys the clients do not control.
+    AsMissing,
+}
+
 /// `[server.rate_limit]`: `palisade::ratelimit::Builder`, keyed by `server.tenant_header`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,7 +302,7 @@ pub struct RateLimitConfig {
     /// `default_rate`: the rate of tenants in no other tier. Reloadable.
     #[serde(default)]
     pub default_rate: Option<RateConfig>,
-    /// `[server.rate_limit.tiers]`: named rates (the builder's `tier`). Reloadable (created or changed).
+    /// `[server.rate_limit.tiers]`: named rates (the builder's `tier`). Reloadable (created, changed or removed).
     #[serde(default)]
     pub tiers: BTreeMap<String, RateConfig>,
     /// `[server.rate_limit.tenants]`: tenant → tier (the builder's `tenant`). Reloadable.
@@ -297,9 +311,13 @@ pub struct RateLimitConfig {
     /// `global`: a limit on all requests together. Reloadable (if present at start).
     #[serde(default)]
     pub global: Option<RateConfig>,
-    /// `missing_key`: `"reject"` (the builder's default) or `"anonymous"`.
+    /// `missing_key`: `"reject"` (the builder's default) or `"anonymous"`: requests without a tenant.
     #[serde(default)]
     pub missing_key: Option<MissingKeyPolicy>,
+    /// `malformed_key`: `"reject"` (the default: `400` even under `missing_key = "anonymous"`) or
+    /// `"as_missing"`: requests whose tenant is present but malformed.
+    #[serde(default)]
+    pub malformed_key: Option<MalformedKeyPolicy>,
     /// `penalty = { base, max, decay }`: repeat offenders wait longer.
     #[serde(default)]
     pub penalty: Option<PenaltyConfig>,
@@ -373,9 +391,14 @@ pub struct BulkheadConfig {
     /// `hold_until_body_end = true`: hold the slot until the response body ends.
     #[serde(default)]
     pub hold_until_body_end: bool,
-    /// `missing_key`: `"anonymous"` (the builder's default) or `"reject"` (keyed).
+    /// `missing_key`: `"anonymous"` (the builder's default) or `"reject"` (keyed): requests without a
+    /// tenant.
     #[serde(default)]
     pub missing_key: Option<MissingKeyPolicy>,
+    /// `malformed_key`: `"reject"` (the default: `400` even under `missing_key = "anonymous"`) or
+    /// `"as_missing"` (keyed): requests whose tenant is present but malformed.
+    #[serde(default)]
+    pub malformed_key: Option<MalformedKeyPolicy>,
     /// `max_keys`: tenants tracked (keyed).
     #[serde(default)]
     pub max_keys: Option<usize>,
@@ -650,6 +673,10 @@ pub struct IdempotencyConfig {
     /// `missing_tenant`: `"reject"`, `"shared"` or `"bypass"` (needs `server.tenant_header`).
     #[serde(default)]
     pub missing_tenant: Option<MissingTenantPolicy>,
+    /// `malformed_tenant`: `"reject"` (the default: `400` whatever `missing_tenant` says) or
+    /// `"as_missing"` (needs `server.tenant_header`): keyed requests whose tenant is malformed.
+    #[serde(default)]
+    pub malformed_tenant: Option<MalformedKeyPolicy>,
     /// `secret`: the hashing secret (at least 16 bytes; better set from the environment:
     /// `PALISADE_SERVER__IDEMPOTENCY__SECRET`).
     #[serde(default)]

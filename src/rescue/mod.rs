@@ -328,12 +328,26 @@ pub(crate) fn saturating_ms(d: Duration) -> u64 {
 /// (draft-ietf-httpapi-ratelimit-headers). `None` if the policy name cannot be an sf-string.
 fn ratelimit_headers(q: &Quota) -> Option<(HeaderValue, HeaderValue)> {
     let name = sf_string(&q.policy)?;
-    let policy = format!("{name};q={};w={}", q.limit, ceil_secs(q.window).max(1));
+    let (limit, window) = whole_second_quota(q.limit, q.window);
+    let policy = format!("{name};q={limit};w={window}");
     let state = format!("{name};r={};t={}", q.remaining, ceil_secs(q.reset));
     Some((
         HeaderValue::try_from(policy).ok()?,
         HeaderValue::try_from(state).ok()?,
     ))
+}
+
+/// The quota as the header can carry it: `w` is whole seconds (at least 1), so a window that is not is
+/// rounded up and the limit scaled to the rounded window, rounding down: 10 per 100 ms is advertised as
+/// `q=100;w=1`, not the false `q=10;w=1`, and the advertised quota is never more than the real one.
+fn whole_second_quota(limit: u64, window: Duration) -> (u64, u64) {
+    let secs = ceil_secs(window).max(1);
+    let nanos = window.as_nanos();
+    if nanos == 0 || nanos == u128::from(secs) * 1_000_000_000 {
+        return (limit, secs);
+    }
+    let scaled = u128::from(limit) * u128::from(secs) * 1_000_000_000 / nanos;
+    (u64::try_from(scaled).unwrap_or(u64::MAX), secs)
 }
 
 /// An RFC 8941 sf-string: printable ASCII, with `"` and `\` escaped.
@@ -499,6 +513,25 @@ mod tests {
         assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
         assert_eq!(ceil_secs(Duration::from_millis(1000)), 1);
         assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+    }
+
+    #[test]
+    fn the_advertised_quota_is_true_in_whole_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(whole_second_quota(10, ms(100)), (100, 1));
+        assert_eq!(whole_second_quota(10, ms(1500)), (13, 2));
+        assert_eq!(
+            whole_second_quota(20, Duration::from_secs(3600)),
+            (20, 3600)
+        );
+        assert_eq!(whole_second_quota(5, Duration::ZERO), (5, 1));
+        assert_eq!(
+            whole_second_quota(u64::MAX, Duration::from_nanos(1)),
+            (u64::MAX, 1)
+        );
+        let q = Quota::new(10, ms(100), 3, ms(50));
+        let (policy, _) = ratelimit_headers(&q).unwrap();
+        assert_eq!(policy, "\"default\";q=100;w=1");
     }
 
     #[test]

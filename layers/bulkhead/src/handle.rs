@@ -17,7 +17,9 @@ pub struct BulkheadHandle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TenantCounts {
-    /// The tenant's key as the extractor gave it (its `Debug` form), or `(anonymous)` / `(overflow)`.
+    /// The tenant's key as the extractor gave it — its `Debug` form without surrounding quotes, cut to
+    /// at most 128 bytes on a character boundary, as the rate limiter labels tenants — or
+    /// `(anonymous)` / `(overflow)`.
     pub label: String,
     /// Requests of this tenant running now.
     pub in_flight: usize,
@@ -67,9 +69,10 @@ impl BulkheadHandle {
 
     /// Changes the global concurrency limit. Growing it hands the new slots to waiters at once;
     /// shrinking it lets the requests in flight finish (no new one is admitted until in-flight is below
-    /// the new limit). `0` refuses (or queues) everything.
+    /// the new limit). `0` refuses (or queues) everything; a limit above
+    /// [`MAX_CONCURRENT`](crate::MAX_CONCURRENT) is clamped to it.
     pub fn set_max_concurrent(&self, limit: usize) {
-        self.shared.set_limit(limit);
+        self.shared.set_limit(limit.min(crate::MAX_CONCURRENT));
     }
 
     /// The most requests one tenant may have in flight, if limited (keyed bulkheads).

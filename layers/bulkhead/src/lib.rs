@@ -12,10 +12,11 @@
 //!   [`Overloaded`] carrying a short `Retry-After` hint; the rescue layer answers `503`.
 //! - **Opt-in bounded queue** ([`queue`](Builder::queue)): at most `max_len` requests wait, each at most
 //!   `max_wait` (then `Overloaded`, exactly at the deadline). The queue is fair: priority classes
-//!   ([`Priority`]: critical, normal, background) with [aging](Builder::aging) so background work is
-//!   never starved forever, and deficit round robin across tenants within a class, so a tenant with
-//!   1,000 waiters does not delay a tenant with one. A released slot is handed straight to the next
-//!   waiter the scheduler picks.
+//!   ([`Priority`]: critical, normal, background) with [aging](Builder::aging) — one class up per
+//!   aging interval waited, so background work is never starved, yet never ahead of an older request —
+//!   and deficit round robin across tenants within a class, so a tenant with 1,000 waiters does not
+//!   delay a tenant with one, however long they have waited. A released slot is handed straight to the
+//!   next waiter the scheduler picks.
 //! - **Permits are drop guards**, owned by the response future or, with
 //!   [`hold_until_body_end`](Builder::hold_until_body_end), by the response body until it ends. A
 //!   cancelled request, a dropped queued request and a panicking handler all give their slot back.
@@ -81,7 +82,7 @@
 //!     .max_concurrent(64)
 //!     .max_per_tenant(16)                                   // one tenant: at most 16 slots...
 //!     .queue(256, Duration::from_millis(500))               // ...then wait, at most 500 ms
-//!     .aging(Duration::from_millis(200))                    // background waits ≤ 200 ms behind critical
+//!     .aging(Duration::from_millis(100))                    // one class up per 100 ms waited
 //!     .missing_key(MissingKey::Reject)                      // no tenant header: 400
 //!     .health(&health)                                      // readiness `bulkhead.api`
 //!     .priority(PriorityHeader::from_static("x-priority"))  // set by a trusted layer
@@ -111,9 +112,10 @@ mod queue;
 mod service;
 mod shared;
 
-pub use config::{BuildError, Builder};
+pub use config::{BuildError, Builder, MAX_CONCURRENT, MAX_QUEUE_LEN, MAX_RETRY_AFTER, MAX_WAIT};
 pub use handle::{BulkheadHandle, TenantCounts};
 pub use palisade_core::error::Overloaded;
+pub use palisade_core::key::MalformedKey;
 pub use priority::{
     priority_fn, NoPriority, Priority, PriorityExtractor, PriorityFn, PriorityHeader,
 };

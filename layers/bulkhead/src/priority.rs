@@ -8,9 +8,12 @@ use http::Request;
 /// The priority class of a request, used only to order the queue (an admitted request runs the same
 /// whatever its class).
 ///
-/// Waiting requests are served `Critical` before `Normal` before `Background`; a request of a lower class
-/// that has waited at least the [aging threshold](crate::Builder::aging) is served before fresher
-/// requests of any class, so background work is never starved forever.
+/// Waiting requests are served `Critical` before `Normal` before `Background`, with
+/// [aging](crate::Builder::aging): each aging interval a request has waited ranks it one class higher, so
+/// a `Normal` request goes ahead of `Critical` ones that arrived more than one interval after it, and a
+/// `Background` request ahead of `Normal` ones more than one interval and `Critical` ones more than two
+/// intervals after it. Background work is never starved for longer than that, and aging never lets a
+/// request go ahead of an older one or reorder tenants within a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Priority {
     /// Served first: health probes, payments, anything a user is waiting on right now.

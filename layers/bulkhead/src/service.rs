@@ -160,10 +160,11 @@ where
             None => None,
             Some(tenants) => match self.inner.keys.extract(&req) {
                 Ok(key) => Some(tenants.get(&key)),
-                Err(e) => match shared.missing_key {
+                Err(e) if shared.malformed_key.as_missing(&e) => match shared.missing_key {
                     MissingKey::Anonymous => Some(tenants.anonymous.clone()),
                     MissingKey::Reject => return ResponseFuture::rejected(e.into()),
                 },
+                Err(e) => return ResponseFuture::rejected(e.into()),
             },
         };
         let mut full = None;

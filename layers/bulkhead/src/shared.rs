@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use palisade_core::audit::{Audit, AuditEvent};
 use palisade_core::health::Component;
+use palisade_core::key::MalformedKey;
 use palisade_core::keymap::KeyMap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -101,7 +102,6 @@ pub(crate) struct Queue {
     pub(crate) max_len: usize,
     pub(crate) max_per_tenant: usize,
     pub(crate) max_wait: Duration,
-    pub(crate) aging: Duration,
     pub(crate) quantum: u32,
     pub(crate) sched: Mutex<Scheduler>,
 }
@@ -131,21 +131,83 @@ impl Tenants {
         let hash = self.map.hash(key);
         self.map
             .get_or_insert_with(hash, Instant::now(), || {
-                Tenant::new(self.next_id.fetch_add(1, Relaxed), format!("{key:?}"))
+                Tenant::new(self.next_id.fetch_add(1, Relaxed), label(key))
             })
             .unwrap_or_else(|| self.overflow.clone())
     }
 }
 
-/// What the layer decided about requests without a key (keyed bulkheads only).
+/// The longest tenant label, in bytes: the rate limiter's bound.
+pub(crate) const LABEL_MAX: usize = 128;
+
+/// A key's label for the handle and logs, as the rate limiter makes it: its `Debug` form without
+/// surrounding quotes, at most [`LABEL_MAX`] bytes (cut on a character boundary).
+///
+/// Written into a bounded buffer: a huge key never has its whole `Debug` form allocated.
+pub(crate) fn label<K: fmt::Debug + ?Sized>(key: &K) -> String {
+    use fmt::Write as _;
+
+    /// Keeps the first `LABEL_MAX + 2` bytes (room for the quotes), remembers the last character and
+    /// whether anything was cut.
+    struct Bounded {
+        buf: String,
+        last: Option<char>,
+        cut: bool,
+    }
+
+    impl fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            if let Some(c) = s.chars().next_back() {
+                self.last = Some(c);
+            }
+            let room = (LABEL_MAX + 2).saturating_sub(self.buf.len());
+            let mut end = room.min(s.len());
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.cut |= end < s.len();
+            self.buf.push_str(&s[..end]);
+            Ok(())
+        }
+    }
+
+    let mut w = Bounded {
+        buf: String::new(),
+        last: None,
+        cut: false,
+    };
+    // `Bounded` never fails, so an error can only come from a broken `Debug` impl: keep what it wrote.
+    let _ = write!(w, "{key:?}");
+    let mut s = w.buf;
+    if s.len() >= 2 && s.starts_with('"') && w.last == Some('"') {
+        s.remove(0);
+        // The closing quote is in the buffer only if the whole form fitted.
+        if !w.cut {
+            s.pop();
+        }
+    }
+    if s.len() > LABEL_MAX {
+        let mut end = LABEL_MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// What the layer decides about requests without a key (keyed bulkheads only).
+///
+/// A key that is present but malformed is a separate decision, [`MalformedKey`](palisade_core::key::MalformedKey):
+/// refused with `400` by default, whatever this policy says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum MissingKey {
-    /// Requests whose key cannot be extracted share one "anonymous" tenant, with its own share like any
-    /// other tenant (the default).
+    /// Requests that carry no key share one "anonymous" tenant, with its own share like any other tenant
+    /// (the default).
     #[default]
     Anonymous,
-    /// Requests whose key cannot be extracted are refused with the extractor's
+    /// Requests that carry no key are refused with the extractor's
     /// [`KeyError`](palisade_core::error::KeyError) (the rescue layer answers `400`).
     Reject,
 }
@@ -164,6 +226,7 @@ pub(crate) struct Shared {
     pub(crate) retry_after: Duration,
     pub(crate) hold_body: bool,
     pub(crate) missing_key: MissingKey,
+    pub(crate) malformed_key: MalformedKey,
     pub(crate) queue: Option<Queue>,
     pub(crate) tenants: Option<Tenants>,
     component: Option<Component>,
@@ -177,6 +240,7 @@ pub(crate) struct SharedConfig {
     pub(crate) retry_after: Duration,
     pub(crate) hold_body: bool,
     pub(crate) missing_key: MissingKey,
+    pub(crate) malformed_key: MalformedKey,
     pub(crate) queue: Option<Queue>,
     pub(crate) tenants: Option<Tenants>,
     pub(crate) component: Option<Component>,
@@ -200,6 +264,7 @@ impl Shared {
             retry_after: c.retry_after,
             hold_body: c.hold_body,
             missing_key: c.missing_key,
+            malformed_key: c.malformed_key,
             queue: c.queue,
             tenants: c.tenants,
             component: c.component,
@@ -356,14 +421,12 @@ impl Shared {
 
     /// Hands free slots to the waiters the scheduler picks, while both exist.
     fn dispatch_locked(self: &Arc<Self>, queue: &Queue, sched: &mut Scheduler) {
-        let mut now = None;
         while !sched.is_empty() {
             if !cas_below(&self.in_flight, self.limit.load(Relaxed)) {
                 return;
             }
-            let now = *now.get_or_insert_with(Instant::now);
             let share = self.per_tenant.load(Relaxed);
-            let Some((entry, tenant)) = sched.pick(now, queue.aging, share, queue.quantum) else {
+            let Some((entry, tenant)) = sched.pick(share, queue.quantum) else {
                 // Nobody eligible (every waiting tenant holds its share).
                 self.in_flight.fetch_sub(1, SeqCst);
                 return;
@@ -652,4 +715,45 @@ impl fmt::Debug for Waiter {
 /// updated so that each step leaves them consistent, so keep serving.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{label, LABEL_MAX};
+
+    /// The rate limiter's label, computed the simple way: the whole `Debug` form, unquoted, cut.
+    fn reference<K: std::fmt::Debug + ?Sized>(key: &K) -> String {
+        let mut s = format!("{key:?}");
+        if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+            s = s[1..s.len() - 1].to_owned();
+        }
+        if s.len() > LABEL_MAX {
+            let mut end = LABEL_MAX;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+        }
+        s
+    }
+
+    #[test]
+    fn labels_match_the_rate_limiters_and_stay_bounded() {
+        let mut keys: Vec<String> = vec![String::new(), "a".into(), "acme".into()];
+        for n in [126, 127, 128, 129, 130, 131, 200, 10_000] {
+            keys.push("k".repeat(n));
+            keys.push("é".repeat(n / 2));
+            keys.push(format!("{}\"", "q".repeat(n)));
+            keys.push(format!("{}é", "x".repeat(n)));
+        }
+        for key in &keys {
+            assert_eq!(label(key.as_str()), reference(key.as_str()), "{key:?}");
+            assert!(label(key.as_str()).len() <= LABEL_MAX);
+        }
+        // Not a string: no quotes to strip.
+        assert_eq!(label(&42u64), "42");
+        assert_eq!(label(&[1u8; 100][..]).len(), LABEL_MAX);
+        assert_eq!(label(&[1u8; 100][..]), reference(&[1u8; 100][..]));
+        assert_eq!(label(&http::HeaderValue::from_static("acme")), "acme");
+    }
 }

@@ -4,7 +4,10 @@
 //! such map is an attack surface: an attacker sending random tenant ids must not grow memory without
 //! bound. [`KeyMap`] enforces that:
 //!
-//! - **A cap on keys** ([`KeyMap::new`]'s `max_keys`). When the map is full, a new key gets `None` from
+//! - **A cap on keys** ([`KeyMap::new`]'s `max_keys`, at most [`MAX_KEYS`]), exact under
+//!   concurrency: an insert reserves its place in the count before it creates an entry, so racing
+//!   inserts on different shards never take [`len`](KeyMap::len) past the cap, even for a moment.
+//!   When the map is full, a new key gets `None` from
 //!   [`get_or_insert_with`](KeyMap::get_or_insert_with) and the layer applies its documented overflow
 //!   policy (share an overflow bucket, reject, ...); [`overflowed`](KeyMap::overflowed) counts those.
 //! - **Idle eviction, driven by the map itself**: when a new key finds the map full, entries unused for
@@ -43,7 +46,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::BuildError;
+
 const SHARDS: usize = 16;
+
+/// The largest `max_keys` a [`KeyMap`] takes: 2²⁴ = 16,777,216 keys (with ~100 bytes of state each,
+/// about 1.6 GiB: beyond that a per-process map is the wrong tool).
+pub const MAX_KEYS: usize = 1 << 24;
+
+/// The longest idle timeout a [`KeyMap`] takes: 366 days.
+pub const MAX_IDLE: Duration = Duration::from_secs(366 * 86_400);
 
 struct Slot<V> {
     value: Arc<V>,
@@ -90,7 +102,11 @@ pub struct KeyMap<V> {
 }
 
 impl<V> KeyMap<V> {
-    /// A map of at most `max_keys` entries (at least 1), evicting entries idle for `idle_timeout`.
+    /// A map of at most `max_keys` entries, evicting entries idle for `idle_timeout`.
+    ///
+    /// `max_keys` is clamped to `1..=`[`MAX_KEYS`] and `idle_timeout` to at most [`MAX_IDLE`]: a
+    /// builder should refuse values outside those bounds with [`KeyMap::check`] rather than let them be
+    /// clamped.
     pub fn new(max_keys: usize, idle_timeout: Duration) -> Self {
         KeyMap {
             hasher: RandomState::new(),
@@ -98,13 +114,41 @@ impl<V> KeyMap<V> {
                 .map(|_| RwLock::new(HashMap::default()))
                 .collect(),
             len: AtomicUsize::new(0),
-            max_keys: max_keys.max(1),
-            idle: nanos(idle_timeout),
+            max_keys: max_keys.clamp(1, MAX_KEYS),
+            idle: nanos(idle_timeout.min(MAX_IDLE)),
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             evictable: Box::new(|_| true),
         }
+    }
+
+    /// Checks a layer's `max_keys` and `idle_timeout` settings against the bounds [`new`](Self::new)
+    /// enforces: `max_keys` in `1..=`[`MAX_KEYS`], `idle_timeout` at most [`MAX_IDLE`]. The error names
+    /// `layer` and the setting.
+    pub fn check(
+        layer: &'static str,
+        max_keys: usize,
+        idle_timeout: Duration,
+    ) -> Result<(), BuildError> {
+        if max_keys == 0 {
+            return Err(BuildError::new(layer, "max_keys", "must be at least 1"));
+        }
+        if max_keys > MAX_KEYS {
+            return Err(BuildError::new(
+                layer,
+                "max_keys",
+                format!("{max_keys} is more than the most keys a map tracks, {MAX_KEYS}"),
+            ));
+        }
+        if idle_timeout > MAX_IDLE {
+            return Err(BuildError::new(
+                layer,
+                "idle_timeout",
+                format!("{idle_timeout:?} is longer than the longest idle timeout, 366 days"),
+            ));
+        }
+        Ok(())
     }
 
     /// Only entries for which `f` is true may be evicted (e.g. not an open circuit, not a penalised
@@ -130,7 +174,8 @@ impl<V> KeyMap<V> {
     /// The entry for `hash`, created with `make` if absent. `None` if the key is new and the map is full
     /// even after sweeping idle entries (counted in [`overflowed`](Self::overflowed)).
     ///
-    /// Looking up an existing key takes a shared (read) lock on one of 16 shards.
+    /// Looking up an existing key takes a shared (read) lock on one of 16 shards; a new key takes that
+    /// shard's write lock and one compare-and-swap on the count.
     pub fn get_or_insert_with(
         &self,
         hash: u64,
@@ -147,23 +192,64 @@ impl<V> KeyMap<V> {
 
     #[cold]
     fn insert(&self, hash: u64, ticks: u64, make: impl FnOnce() -> V) -> Option<Arc<V>> {
-        if self.len.load(Ordering::Relaxed) >= self.max_keys {
-            self.sweep_at(ticks, false);
-            if self.len.load(Ordering::Relaxed) >= self.max_keys {
+        let make = match self.try_insert(hash, ticks, make) {
+            Ok(value) => return Some(value),
+            Err(make) => make,
+        };
+        // Full: sweep (holding no shard lock, as the sweep takes each in turn), then try once more.
+        self.sweep_at(ticks, false);
+        match self.try_insert(hash, ticks, make) {
+            Ok(value) => Some(value),
+            Err(_) => {
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
-                return None;
+                None
             }
         }
+    }
+
+    /// The entry for `hash`, existing or created if a place in the count can be reserved; gives `make`
+    /// back if the map is full.
+    fn try_insert<F: FnOnce() -> V>(&self, hash: u64, ticks: u64, make: F) -> Result<Arc<V>, F> {
         let mut shard = write(self.shard(hash));
-        let slot = shard.entry(hash).or_insert_with(|| {
-            self.len.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = shard.get(&hash) {
+            // Inserted by a racing caller since the read lookup.
+            touch(slot, ticks);
+            return Ok(slot.value.clone());
+        }
+        // Reserve the place before creating the entry: the count is never below the number of entries,
+        // and never above the cap.
+        if !self.reserve() {
+            return Err(make);
+        }
+        let value = Arc::new(make());
+        shard.insert(
+            hash,
             Slot {
-                value: Arc::new(make()),
+                value: value.clone(),
                 last_used: AtomicU64::new(ticks),
-            }
-        });
-        touch(slot, ticks);
-        Some(slot.value.clone())
+            },
+        );
+        Ok(value)
+    }
+
+    fn reserve(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_keys).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether a new key would get an entry now: there is room, or the sweep a full map runs before it
+    /// refuses a new key makes room. Runs that sweep (under the same rate limit as an insert's), which
+    /// evicts only idle, unreferenced, evictable entries, so that a later insert finds the room this
+    /// reported; creates nothing. For a layer's non-consuming check of a key it has never seen.
+    pub fn has_room(&self, now: Instant) -> bool {
+        if self.len.load(Ordering::Acquire) < self.max_keys {
+            return true;
+        }
+        self.sweep_at(self.ticks(now), false);
+        self.len.load(Ordering::Acquire) < self.max_keys
     }
 
     /// The entry for `hash`, if present (does not count as a use).
@@ -175,7 +261,7 @@ impl<V> KeyMap<V> {
     pub fn remove(&self, hash: u64) -> Option<Arc<V>> {
         let removed = write(self.shard(hash)).remove(&hash).map(|s| s.value);
         if removed.is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.len.fetch_sub(1, Ordering::AcqRel);
         }
         removed
     }
@@ -203,25 +289,29 @@ impl<V> KeyMap<V> {
         }
         let mut evicted = 0;
         for shard in self.shards.iter() {
+            let mut in_shard = 0;
             write(shard).retain(|_, slot| {
                 let idle =
                     ticks.saturating_sub(slot.last_used.load(Ordering::Relaxed)) >= self.idle;
                 let keep =
                     !idle || Arc::strong_count(&slot.value) > 1 || !(self.evictable)(&slot.value);
-                evicted += usize::from(!keep);
+                in_shard += usize::from(!keep);
                 keep
             });
+            // Give the places back shard by shard, after the entries are gone.
+            self.len.fetch_sub(in_shard, Ordering::AcqRel);
+            evicted += in_shard;
         }
-        self.len.fetch_sub(evicted, Ordering::Relaxed);
         if evicted > 0 {
             tracing::debug!(evicted, "evicted idle keyed state");
         }
         evicted
     }
 
-    /// How many keys are tracked.
+    /// How many keys are tracked (counting an insert from the moment it reserved its place): never more
+    /// than [`max_keys`](Self::max_keys).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.len.load(Ordering::Acquire)
     }
 
     /// Whether no key is tracked.
@@ -342,6 +432,107 @@ mod tests {
         assert!(map.get(map.hash("pinned")).is_some());
         drop(held);
         assert_eq!(map.len(), 3);
+    }
+
+    /// Racing inserts on different shards never take the map past its cap, not even for a moment:
+    /// a watcher thread reads `len()` throughout, and the entries are counted at the end.
+    #[test]
+    fn the_cap_is_exact_under_racing_inserts() {
+        const MAX: usize = 64;
+        const THREADS: u64 = 8;
+        let now = Instant::now();
+        for round in 0..200u64 {
+            let map: Arc<KeyMap<u64>> = Arc::new(KeyMap::new(MAX, Duration::from_secs(60)));
+            let start = Arc::new(std::sync::Barrier::new(THREADS as usize + 1));
+            let done = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let (map, done) = (map.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut most = 0;
+                    while !done.load(Ordering::Relaxed) {
+                        most = most.max(map.len());
+                    }
+                    most.max(map.len())
+                })
+            };
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (map, start) = (map.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let mut held = Vec::new();
+                        for i in 0..(MAX as u64) {
+                            let key = (round, t, i);
+                            if let Some(v) = map.get_or_insert_with(map.hash(&key), now, || i) {
+                                held.push(v);
+                            }
+                        }
+                        held.len()
+                    })
+                })
+                .collect();
+            start.wait();
+            let granted: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+            done.store(true, Ordering::Relaxed);
+            let most = watcher.join().unwrap();
+            let mut entries = 0;
+            map.for_each(|_, _| entries += 1);
+            assert!(
+                most <= MAX,
+                "round {round}: len() reached {most} (cap {MAX})"
+            );
+            assert!(
+                entries <= MAX,
+                "round {round}: {entries} entries (cap {MAX})"
+            );
+            assert!(
+                granted <= MAX,
+                "round {round}: {granted} entries handed out"
+            );
+            assert_eq!(
+                map.len(),
+                entries,
+                "round {round}: len() is the entry count"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let idle = Duration::from_secs(60);
+        assert!(KeyMap::<()>::check("test", 1, idle).is_ok());
+        assert!(KeyMap::<()>::check("test", MAX_KEYS, MAX_IDLE).is_ok());
+        let err = KeyMap::<()>::check("test", 0, idle).unwrap_err();
+        assert_eq!(err.setting(), "max_keys");
+        let err = KeyMap::<()>::check("test", MAX_KEYS + 1, idle).unwrap_err();
+        assert_eq!((err.layer(), err.setting()), ("test", "max_keys"));
+        let err = KeyMap::<()>::check("test", 1, MAX_IDLE + Duration::from_nanos(1)).unwrap_err();
+        assert_eq!(err.setting(), "idle_timeout");
+        // `new` clamps what a builder should have refused.
+        let map: KeyMap<()> = KeyMap::new(usize::MAX, Duration::MAX);
+        assert_eq!(map.max_keys(), MAX_KEYS);
+        assert_eq!(map.idle, nanos(MAX_IDLE));
+        assert_eq!(KeyMap::<()>::new(0, idle).max_keys(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn has_room_says_what_an_insert_would_find() {
+        let map: KeyMap<()> = KeyMap::new(1, Duration::from_secs(8));
+        assert!(map.has_room(Instant::now()));
+        let held = map.get_or_insert_with(map.hash(&1), Instant::now(), || ());
+        assert!(!map.has_room(Instant::now()));
+        assert_eq!(map.len(), 1);
+        // Idle but still referenced: no room.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!map.has_room(Instant::now()));
+        drop(held);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // Idle and unreferenced: the sweep a new key would trigger makes room, and creates nothing.
+        assert!(map.has_room(Instant::now()));
+        assert!(map.is_empty());
+        assert!(map
+            .get_or_insert_with(map.hash(&2), Instant::now(), || ())
+            .is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -324,7 +324,10 @@ fn bytes_left_of_the_client_hop_never_decide_the_key() {
 fn a_malformed_hop_the_walk_reaches_is_still_an_invalid_key() {
     let k = ClientIp::trusting(["10.0.0.0/8"]).unwrap();
     // The hop the trusted proxy appended is unreadable: refused as malformed, never guessed past.
-    for raw in [&b"203.0.113.7, \xff"[..], b"203.0.113.7, 10.0.0.5, 1.2.3\x80.4"] {
+    for raw in [
+        &b"203.0.113.7, \xff"[..],
+        b"203.0.113.7, 10.0.0.5, 1.2.3\x80.4",
+    ] {
         let req = with_raw_xff("10.0.0.1:5000", &[raw]);
         let err = k.extract(&req).unwrap_err();
         assert!(!err.is_missing(), "{err}");
@@ -349,7 +352,10 @@ fn missing_and_malformed_are_told_apart() {
         .header("x-tenant-id", "abcdefghi")
         .body(())
         .unwrap();
-    let empty = Request::get("/").header("x-tenant-id", "").body(()).unwrap();
+    let empty = Request::get("/")
+        .header("x-tenant-id", "")
+        .body(())
+        .unwrap();
     for req in [twice, long, empty] {
         let err = tenant.extract(&req).unwrap_err();
         assert!(!err.is_missing(), "{err}");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::audit::Audit;
+use palisade_core::keymap::{KeyMap, MAX_IDLE};
 
 use crate::gcra::{Penalty, Rate};
 use crate::limiter::{Limiter, Tier};
@@ -16,13 +17,22 @@ use palisade_core::signal::LoadSignal;
 pub(crate) const DEFAULT_TIER: &str = "default";
 pub(crate) const ANONYMOUS_TIER: &str = "anonymous";
 
+/// The most tiers a layer has, the default tier included (at build and at run time).
+pub const MAX_TIERS: usize = 1_024;
+
+/// The most tenants assigned to tiers at once (at build and at run time).
+pub const MAX_ASSIGNMENTS: usize = 1_000_000;
+
 pub use palisade_core::config::BuildError;
 
 /// The layer name in this crate's [`BuildError`]s.
 pub(crate) const LAYER: &str = "rate limit";
 
-/// What happens to a request whose tenant key cannot be extracted (missing, empty, too long, not
-/// visible ASCII, ...).
+/// What happens to a request that carries no tenant key (its source is absent from the request).
+///
+/// A key that is present but malformed (empty, too long, not visible ASCII, a repeated header) is a
+/// different decision, [`MalformedKey`]: by default it is refused with `400` whatever this policy says,
+/// so a client cannot leave its own bucket for the anonymous one by sending garbage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum MissingKey {
@@ -34,6 +44,8 @@ pub enum MissingKey {
     /// named `"anonymous"` if one is configured, else the default tier.
     Anonymous,
 }
+
+pub use palisade_core::key::MalformedKey;
 
 /// Builds a [`RateLimitLayer`]. Start with [`RateLimitLayer::builder`].
 ///
@@ -52,6 +64,7 @@ pub struct Builder<E> {
     assignments: Vec<(PendingTenant, String)>,
     global: Option<Rate>,
     missing: MissingKey,
+    malformed: MalformedKey,
     penalty: Option<Penalty>,
     adaptive: Option<(LoadSignal, f64)>,
     headers_on_success: bool,
@@ -82,6 +95,7 @@ impl<E> Builder<E> {
             assignments: Vec::new(),
             global: None,
             missing: MissingKey::Reject,
+            malformed: MalformedKey::Reject,
             penalty: None,
             adaptive: None,
             headers_on_success: false,
@@ -100,7 +114,8 @@ impl<E> Builder<E> {
     /// Defines a tier: a named rate that tenants are assigned to with [`tenant`](Self::tenant) (or at
     /// runtime through the handle). The name is the policy name clients see in the `RateLimit`
     /// headers: 1 to 64 visible ASCII characters, no `"` or `\`. A tier named `"anonymous"` is the rate
-    /// of keyless requests under [`MissingKey::Anonymous`]; `"global"` is reserved.
+    /// of keyless requests under [`MissingKey::Anonymous`]; `"global"` is reserved. At most
+    /// [`MAX_TIERS`] tiers, the default one included.
     pub fn tier(mut self, name: impl Into<String>, rate: Rate) -> Self {
         self.tiers.push((name.into(), rate));
         self
@@ -134,15 +149,30 @@ impl<E> Builder<E> {
         self
     }
 
-    /// What to do with requests whose key cannot be extracted (default: [`MissingKey::Reject`]).
+    /// What to do with requests that carry no key (default: [`MissingKey::Reject`]).
     pub fn missing_key(mut self, policy: MissingKey) -> Self {
         self.missing = policy;
+        self
+    }
+
+    /// What to do with requests whose key is present but malformed (default: [`MalformedKey::Reject`],
+    /// `400` whatever the missing-key policy). [`MalformedKey::AsMissing`] hands them to the
+    /// [`missing_key`](Self::missing_key) policy instead — under [`MissingKey::Anonymous`], into the
+    /// anonymous bucket, which lets any client choose that bucket over its own: opt in only where keys are
+    /// not under the clients' control.
+    pub fn malformed_key(mut self, policy: MalformedKey) -> Self {
+        self.malformed = policy;
         self
     }
 
     /// Repeat offenders wait longer: from the second violation streak on (within the decay), each
     /// new streak adds `base × 2^(level - 2)`, capped at `max`, before the tenant is admitted again;
     /// each `decay` without a violation forgives one level. See [`Penalty`].
+    ///
+    /// `max` must be at least `base` and at most a day; `decay` between 1 ms and a day (it is counted in
+    /// whole milliseconds). Levels go up to 127. A bucket with an offence level is not forgotten until the
+    /// level has decayed (`level × decay` after the last violation), so flushing the tenant map does not
+    /// reset a repeat offender.
     pub fn penalty(mut self, base: Duration, max: Duration, decay: Duration) -> Self {
         self.penalty = Some(Penalty { base, max, decay });
         self
@@ -168,8 +198,9 @@ impl<E> Builder<E> {
         self
     }
 
-    /// The most tenants tracked at once (default 100,000; ~100 bytes each). New tenants over the cap
-    /// share one overflow bucket; see [`MemoryStore`].
+    /// The most tenants tracked at once (default 100,000; ~100 bytes each; from 1 to
+    /// [`MAX_KEYS`](palisade_core::keymap::MAX_KEYS)). New tenants over the cap share one overflow
+    /// bucket; see [`MemoryStore`].
     pub fn max_keys(mut self, n: usize) -> Self {
         self.max_keys = n;
         self
@@ -178,7 +209,9 @@ impl<E> Builder<E> {
     /// A tenant's bucket may be forgotten after this long unused, once it is full again (default: 10
     /// minutes, or the longest refill time of the configured tiers if that is longer). Must be at least
     /// the longest refill time of any tier, so that an active tenant is never forgotten mid-window;
-    /// tiers created at runtime are held to it too.
+    /// tiers created at runtime are held to it too. At most 366 days
+    /// ([`MAX_IDLE`](palisade_core::keymap::MAX_IDLE)), which is also the longest refill time a rate
+    /// may have.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = Some(idle);
         self
@@ -186,9 +219,7 @@ impl<E> Builder<E> {
 
     /// Builds the layer with the in-memory store. Its state is shared by every service it wraps.
     pub fn build(self) -> Result<RateLimitLayer<E>, BuildError> {
-        if self.max_keys == 0 {
-            return Err(BuildError::new(LAYER, "max_keys", "must be at least 1"));
-        }
+        KeyMap::<()>::check(LAYER, self.max_keys, self.idle_timeout.unwrap_or_default())?;
         let idle = self.idle_timeout.unwrap_or_else(|| {
             self.tiers
                 .iter()
@@ -196,6 +227,8 @@ impl<E> Builder<E> {
                 .chain([self.default_rate.refill_time(), Duration::from_secs(600)])
                 .max()
                 .unwrap_or_default()
+                // (a rate refilling slower than this is refused below, for itself)
+                .min(MAX_IDLE)
         });
         let store = MemoryStore::new(self.max_keys, idle);
         self.finish(store, Some(idle))
@@ -215,6 +248,13 @@ impl<E> Builder<E> {
         let mut tiers: HashMap<Arc<str>, Arc<Tier>> = HashMap::new();
         let name: Arc<str> = Arc::from(DEFAULT_TIER);
         tiers.insert(name.clone(), Arc::new(Tier::new(name, self.default_rate)));
+        if self.tiers.len() >= MAX_TIERS {
+            return Err(BuildError::new(
+                LAYER,
+                "tier",
+                format!("a layer has at most {MAX_TIERS} tiers (default included)"),
+            ));
+        }
         for (name, rate) in &self.tiers {
             validate_name(name)?;
             if name == DEFAULT_TIER {
@@ -246,6 +286,17 @@ impl<E> Builder<E> {
                     "max must be at most a day (a longer penalty is a ban; block the tenant instead)",
                 ));
             }
+            if p.decay < Duration::from_millis(1) || p.decay > Duration::from_secs(86_400) {
+                return Err(BuildError::new(
+                    LAYER,
+                    "penalty",
+                    format!(
+                        "decay {:?} is not between 1 ms and a day (offence levels are kept, and \
+                         their buckets with them, for up to level × decay after the last violation)",
+                        p.decay
+                    ),
+                ));
+            }
         }
         if let Some((_, floor)) = &self.adaptive {
             if !(*floor > 0.0 && *floor <= 1.0) {
@@ -261,7 +312,7 @@ impl<E> Builder<E> {
             store,
             tiers,
             self.global,
-            self.missing,
+            (self.missing, self.malformed),
             self.penalty,
             self.adaptive,
             self.headers_on_success,

@@ -13,8 +13,12 @@ use std::time::Duration;
 
 /// A quota: `limit` requests per `period`, with bursts of up to `burst` requests.
 ///
-/// The sustained rate is one request every `period / limit`; a bucket holds at most `burst` requests
-/// (default: `limit`), refilling continuously.
+/// The sustained rate is one request every `period / limit` (in whole nanoseconds, rounded down); a
+/// bucket holds at most `burst` requests (default: `limit`), refilling continuously.
+///
+/// `build()` (and the handle's runtime changes) accept a rate whose `limit` and `burst` are at least 1,
+/// whose `period` is above zero and at most a year (366 days), that is at most one request per
+/// nanosecond, and whose empty bucket refills (`burst × period / limit`) within a year.
 ///
 /// ```
 /// use palisade_ratelimit::Rate;
@@ -102,10 +106,15 @@ impl Rate {
         if self.period > Duration::from_secs(366 * 86_400) {
             return Err("the period must be at most a year");
         }
-        // The burst takes `t × (burst − 1)` to refill; beyond a year the bucket is a ban, not a limit,
-        // and the arithmetic would approach u64 nanoseconds.
+        // One request per nanosecond is the finest interval: beyond it, `period / limit` would be
+        // rounded up to 1 ns and the rate silently be lower than asked.
+        if nanos(self.period) < u64::from(self.limit) {
+            return Err("the rate must be at most one request per nanosecond");
+        }
+        // An empty bucket takes `t × burst` to refill; beyond a year (366 days) the bucket is a ban,
+        // not a limit, and no idle timeout could keep it.
         let g = self.gcra();
-        if g.tau > nanos(Duration::from_secs(366 * 86_400)) {
+        if g.t.saturating_add(g.tau) > nanos(Duration::from_secs(366 * 86_400)) {
             return Err(
                 "the burst must refill within a year (lower the burst or shorten the period)",
             );
@@ -176,7 +185,8 @@ pub struct Gcra {
 /// A *violation streak* is a run of rejections of one bucket with no admission in between. Every
 /// streak raises the bucket's offence level by one; each `decay` without a violation lowers it by
 /// one. The first streak (level 1) costs nothing beyond the normal wait; from level 2 on, the streak
-/// adds `base × 2^(level - 2)`, capped at `max`, to the time before the bucket admits again.
+/// adds `base × 2^(level - 2)`, capped at `max`, to the time before the bucket admits again. Levels
+/// stop rising at 127; the decay is counted in whole milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Penalty {
     /// The penalty at level 2.
@@ -334,6 +344,18 @@ impl Cell {
         ((self.penalty.load(Ordering::Relaxed) >> LEVEL_SHIFT) & LEVEL_MASK) as u32
     }
 
+    /// The offence level at `now` (nanoseconds since the owner's epoch) after the decay of one level
+    /// per `decay_ms` milliseconds since the last violation: what the next streak would build on.
+    pub(crate) fn decayed_level(&self, decay_ms: u64, now: u64) -> u64 {
+        let word = self.penalty.load(Ordering::Relaxed);
+        let level = (word >> LEVEL_SHIFT) & LEVEL_MASK;
+        if level == 0 || decay_ms == 0 {
+            return level;
+        }
+        let now_ms = (now / 1_000_000) & MS_MASK;
+        level.saturating_sub(now_ms.saturating_sub(word & MS_MASK) / decay_ms)
+    }
+
     /// Runs one GCRA step at `now` (nanoseconds since the owner's epoch).
     #[inline]
     pub fn acquire(&self, g: Gcra, penalty: Option<&Penalty>, now: u64, op: Op) -> Decision {
@@ -487,7 +509,7 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -42,6 +42,7 @@ pub struct Check {
 pub(crate) trait Admin: Send + Sync {
     fn check(&self, bucket: Bucket) -> (Arc<str>, Decision);
     fn set_tier(&self, name: &str, rate: Rate) -> Result<(), BuildError>;
+    fn remove_tier(&self, name: &str) -> Result<bool, BuildError>;
     fn set_global(&self, rate: Rate) -> Result<(), BuildError>;
     fn assign(&self, hash: u64, label: String, tier: &str) -> Result<(), BuildError>;
     fn unassign(&self, hash: u64) -> bool;
@@ -59,6 +60,10 @@ impl<E: Send + Sync, S: Store> Admin for Limiter<E, S> {
 
     fn set_tier(&self, name: &str, rate: Rate) -> Result<(), BuildError> {
         Limiter::set_tier(self, name, rate)
+    }
+
+    fn remove_tier(&self, name: &str) -> Result<bool, BuildError> {
+        Limiter::remove_tier(self, name)
     }
 
     fn set_global(&self, rate: Rate) -> Result<(), BuildError> {
@@ -145,7 +150,10 @@ impl RateLimitHandle {
     }
 
     /// What a request from `tenant` would get now, without consuming quota (for dashboards and
-    /// pre-flight checks). An unknown tenant is not tracked by checking it.
+    /// pre-flight checks). An unknown tenant is not tracked by checking it; its check looks where its
+    /// request would go: a fresh bucket if the store has room for it (a full store first sweeps out
+    /// idle, forgiven buckets, as the request would — which changes no decision), else the overflow
+    /// bucket.
     pub fn check<Q: Hash + ?Sized>(&self, tenant: &Q) -> Check {
         let (policy, decision) = self.admin.check(Bucket::Tenant(self.hash(tenant)));
         Check { policy, decision }
@@ -157,10 +165,22 @@ impl RateLimitHandle {
         Check { policy, decision }
     }
 
-    /// Creates tier `name` or changes its rate (the default tier is `"default"`). The rate must
-    /// refill within the layer's idle timeout.
+    /// Creates tier `name` or changes its rate. Every tier is changeable this way: the default tier
+    /// (`"default"`), the tier of keyless requests under
+    /// [`MissingKey::Anonymous`](crate::MissingKey::Anonymous) (`"anonymous"`: creating it at run
+    /// time moves those requests off the default tier, keeping the anonymous bucket's state), and the
+    /// named tiers. The rate must refill within the layer's idle timeout; a layer has at most
+    /// [`MAX_TIERS`](crate::MAX_TIERS) tiers.
     pub fn set_tier(&self, name: &str, rate: Rate) -> Result<(), BuildError> {
         self.admin.set_tier(name, rate)
+    }
+
+    /// Removes tier `name`: `Ok(true)` if it was removed, `Ok(false)` if there was no such tier.
+    /// Refused for the default tier, and for a tier that tenants are still assigned to (move them
+    /// with [`assign`](Self::assign) or [`unassign`](Self::unassign) first). Removing `"anonymous"`
+    /// hands keyless requests back to the default tier. The tier's counters go with it.
+    pub fn remove_tier(&self, name: &str) -> Result<bool, BuildError> {
+        self.admin.remove_tier(name)
     }
 
     /// Changes the global limit (only if the layer was built with one).
@@ -168,7 +188,8 @@ impl RateLimitHandle {
         self.admin.set_global(rate)
     }
 
-    /// Moves `tenant` to an existing tier.
+    /// Moves `tenant` to an existing tier (at most [`MAX_ASSIGNMENTS`](crate::MAX_ASSIGNMENTS)
+    /// tenants are assigned at once).
     pub fn assign<Q: Hash + fmt::Debug + ?Sized>(
         &self,
         tenant: &Q,

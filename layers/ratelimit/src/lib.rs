@@ -6,25 +6,33 @@
 //! an authenticated principal, a closure).
 //!
 //! - **Tiers and overrides**: a default rate, named tiers, tenants assigned to tiers (a per-tenant
-//!   override is a tier of one) — all changeable at runtime through the [`RateLimitHandle`], without a
-//!   restart and without losing any bucket's state.
+//!   override is a tier of one) — all changeable at runtime through the [`RateLimitHandle`] (tiers
+//!   created, changed or removed, `"default"` and `"anonymous"` included), without a restart and
+//!   without losing any bucket's state.
 //! - **A global limit** on top of the tenants' (per process), checked after the tenant's own so that
 //!   a tenant refused by its own bucket uses no global quota.
-//! - **Requests without a key** (missing, empty, too long, not ASCII): rejected with the extractor's
-//!   `KeyError` (the rescue layer answers `400` with a problem body), or sharing one anonymous bucket
-//!   ([`MissingKey`]).
+//! - **Requests without a key**: rejected with the extractor's `KeyError` (the rescue layer answers
+//!   `400` with a problem body), or sharing one anonymous bucket ([`MissingKey`]). A key that is
+//!   present but **malformed** (empty, too long, not visible ASCII, a repeated header) is refused with
+//!   `400` under either policy unless you opt in with [`MalformedKey::AsMissing`]: a client must not
+//!   escape its own bucket by sending garbage.
 //! - **Repeat offenders**: each violation streak (a run of rejections, not each request) raises a
 //!   tenant's offence level, adds a growing, capped penalty before it is admitted again, and is
 //!   audited; good behaviour decays the level ([`Penalty`]).
 //! - **Adaptive mode**: quotas shrink with a [`LoadSignal`] (0.0–1.0) set by a degradation gate or the
 //!   application.
 //! - **Bounded memory**: at most `max_keys` tenants (16 bytes of bucket each, in palisade-core's
-//!   `KeyMap`); full buckets idle for `idle_timeout` are forgotten when room is needed; new tenants
-//!   over the cap share one overflow bucket ([`MemoryStore`]). `build()` refuses an idle timeout
-//!   shorter than any tier's refill time, so active tenants are never forgotten mid-window.
+//!   `KeyMap`); full buckets idle for `idle_timeout` are forgotten when room is needed, but not while
+//!   a repeat offender's level has not decayed; new tenants over the cap share one overflow bucket
+//!   ([`MemoryStore`]), and a [`check`](RateLimitHandle::check) of a newcomer looks at that bucket
+//!   when its request would. `build()` refuses an idle timeout shorter than any tier's refill time, so
+//!   active tenants are never forgotten mid-window, and every size and duration above its documented
+//!   bound.
 //! - **Honest rejections**: `RateLimited { retry_after, quota }` — a request at exactly `now +
 //!   retry_after` is admitted — which the rescue layer turns into `429` with `Retry-After`,
-//!   `RateLimit-Policy` and `RateLimit`. Opt in to a `RateLimit` header on successful responses too.
+//!   `RateLimit-Policy` and `RateLimit`. The quota's window is whole seconds (as the header has it)
+//!   and its limit is scaled to that window, rounded down: 10 per 100 ms is advertised as
+//!   `q=100;w=1`, not `q=10;w=1`. Opt in to a `RateLimit` header on successful responses too.
 //! - **Metrics** per tier (admits, rejects) and a non-consuming [`check`](RateLimitHandle::check) on
 //!   the handle. There is no `metrics` crate among the dependencies; export the counters yourself.
 //!
@@ -93,7 +101,7 @@ mod limiter;
 mod service;
 mod store;
 
-pub use config::{BuildError, Builder, MissingKey};
+pub use config::{BuildError, Builder, MalformedKey, MissingKey, MAX_ASSIGNMENTS, MAX_TIERS};
 pub use gcra::{Cell, Decision, Gcra, Op, Penalty, Rate, Streak};
 pub use handle::{Check, RateLimitHandle, TierMetrics};
 pub use palisade_core::error::{Quota, RateLimited};

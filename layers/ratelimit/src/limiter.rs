@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use palisade_core::audit::{Audit, AuditEvent};
 use palisade_core::error::{BoxError, Quota, RateLimited};
-use palisade_core::key::{KeyError, KeyExtractor};
+use palisade_core::key::{KeyError, KeyExtractor, MalformedKey};
 use tokio::time::Instant;
 
 use crate::config::{BuildError, MissingKey};
@@ -160,12 +160,16 @@ pub(crate) struct Limiter<E, S> {
     pub(crate) store: S,
     pub(crate) hasher: RandomState,
     pub(crate) default_tier: Arc<Tier>,
+    /// The tier named `"anonymous"`, always allocated; keyless requests use it only while
+    /// `anonymous_set` (it is in `tiers`), else the default tier.
     pub(crate) anonymous_tier: Arc<Tier>,
+    anonymous_set: AtomicBool,
     pub(crate) tiers: RwLock<HashMap<Arc<str>, Arc<Tier>>>,
     pub(crate) assignments: RwLock<ByHash<Assignment>>,
     has_assignments: AtomicBool,
     pub(crate) global: Option<Global>,
     pub(crate) missing: MissingKey,
+    pub(crate) malformed: MalformedKey,
     pub(crate) penalty: Option<Penalty>,
     pub(crate) adaptive: Option<(LoadSignal, f64)>,
     pub(crate) headers_on_success: bool,
@@ -199,7 +203,7 @@ impl<E, S: Store> Limiter<E, S> {
         store: S,
         tiers: HashMap<Arc<str>, Arc<Tier>>,
         global: Option<Rate>,
-        missing: MissingKey,
+        (missing, malformed): (MissingKey, MalformedKey),
         penalty: Option<Penalty>,
         adaptive: Option<(LoadSignal, f64)>,
         headers_on_success: bool,
@@ -207,16 +211,21 @@ impl<E, S: Store> Limiter<E, S> {
         max_refill: Option<Duration>,
     ) -> Self {
         let default_tier = tiers[crate::config::DEFAULT_TIER].clone();
-        let anonymous_tier = tiers
-            .get(crate::config::ANONYMOUS_TIER)
-            .unwrap_or(&default_tier)
-            .clone();
+        let configured = tiers.get(crate::config::ANONYMOUS_TIER).cloned();
+        let anonymous_set = configured.is_some();
+        let anonymous_tier = configured.unwrap_or_else(|| {
+            Arc::new(Tier::new(
+                Arc::from(crate::config::ANONYMOUS_TIER),
+                default_tier.rate(),
+            ))
+        });
         Limiter {
             extractor,
             store,
             hasher: RandomState::new(),
             default_tier,
             anonymous_tier,
+            anonymous_set: AtomicBool::new(anonymous_set),
             tiers: RwLock::new(tiers),
             assignments: RwLock::new(ByHash::default()),
             has_assignments: AtomicBool::new(false),
@@ -225,6 +234,7 @@ impl<E, S: Store> Limiter<E, S> {
                 cell: Cell::new(),
             }),
             missing,
+            malformed,
             penalty,
             adaptive,
             headers_on_success,
@@ -245,7 +255,11 @@ impl<E, S: Store> Limiter<E, S> {
     #[inline]
     fn tier_of(&self, bucket: Bucket) -> TierRef<'_> {
         match bucket {
-            Bucket::Anonymous => TierRef::Borrowed(&self.anonymous_tier),
+            Bucket::Anonymous => TierRef::Borrowed(if self.anonymous_set.load(Ordering::Acquire) {
+                &self.anonymous_tier
+            } else {
+                &self.default_tier
+            }),
             Bucket::Tenant(hash) => {
                 if self.has_assignments.load(Ordering::Relaxed) {
                     if let Some(a) = read(&self.assignments).get(&hash) {
@@ -267,10 +281,11 @@ impl<E, S: Store> Limiter<E, S> {
         let key = self.extractor.extract(req);
         let bucket = match &key {
             Ok(k) => Bucket::Tenant(self.hasher.hash_one(k)),
-            Err(e) => match self.missing {
+            Err(e) if self.malformed.as_missing(e) => match self.missing {
                 MissingKey::Anonymous => Bucket::Anonymous,
                 MissingKey::Reject => return Err(reject_key(e)),
             },
+            Err(e) => return Err(reject_key(e)),
         };
         let tier = self.tier_of(bucket);
         let (load, floor) = self.load();
@@ -365,13 +380,32 @@ impl<E, S: Store> Limiter<E, S> {
         crate::config::validate_rate(setting, rate, self.max_refill)
     }
 
-    /// Creates or changes a tier.
+    /// Creates or changes a tier. Creating `"anonymous"` hands keyless requests to it.
     pub(crate) fn set_tier(&self, name: &str, rate: Rate) -> Result<(), BuildError> {
         crate::config::validate_name(name)?;
         self.validate_rate("tier", &rate)?;
         let mut tiers = write(&self.tiers);
         match tiers.get(name) {
             Some(t) => t.set(rate),
+            None if tiers.len() >= crate::config::MAX_TIERS => {
+                return Err(BuildError::new(
+                    crate::config::LAYER,
+                    "tier",
+                    format!(
+                        "a layer has at most {} tiers (default included)",
+                        crate::config::MAX_TIERS
+                    ),
+                ));
+            }
+            None if name == crate::config::ANONYMOUS_TIER => {
+                // The tier object keyless requests switch to: its rate first, then the switch.
+                let t = &self.anonymous_tier;
+                t.set(rate);
+                t.admitted.store(0, Ordering::Relaxed);
+                t.rejected.store(0, Ordering::Relaxed);
+                tiers.insert(t.name.clone(), t.clone());
+                self.anonymous_set.store(true, Ordering::Release);
+            }
             None => {
                 let name: Arc<str> = Arc::from(name);
                 tiers.insert(name.clone(), Arc::new(Tier::new(name, rate)));
@@ -387,6 +421,47 @@ impl<E, S: Store> Limiter<E, S> {
                 .detail("burst", rate.burst_size())
         });
         Ok(())
+    }
+
+    /// Removes a tier: `Ok(false)` if there is none of that name; refused for the default tier and for
+    /// a tier with tenants assigned to it. Removing `"anonymous"` hands keyless requests back to the
+    /// default tier.
+    pub(crate) fn remove_tier(&self, name: &str) -> Result<bool, BuildError> {
+        if name == crate::config::DEFAULT_TIER {
+            return Err(BuildError::new(
+                crate::config::LAYER,
+                "tier",
+                "the default tier cannot be removed",
+            ));
+        }
+        // Lock order: tiers, then assignments (as `assign`), so no tenant joins the tier meanwhile.
+        let mut tiers = write(&self.tiers);
+        let Some(tier) = tiers.get(name).cloned() else {
+            return Ok(false);
+        };
+        let members = read(&self.assignments)
+            .values()
+            .filter(|a| Arc::ptr_eq(&a.tier, &tier))
+            .count();
+        if members > 0 {
+            return Err(BuildError::new(
+                crate::config::LAYER,
+                "tier",
+                format!(
+                    "tier `{name}` still has {members} tenant{} assigned; move them first",
+                    if members == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        tiers.remove(name);
+        if name == crate::config::ANONYMOUS_TIER {
+            self.anonymous_set.store(false, Ordering::Release);
+        }
+        drop(tiers);
+        tracing::info!(tier = name, "rate limit tier removed");
+        self.audit
+            .record_with(|| AuditEvent::new("ratelimit.tier_removed").detail("tier", name));
+        Ok(true)
     }
 
     pub(crate) fn set_global(&self, rate: Rate) -> Result<(), BuildError> {
@@ -410,22 +485,42 @@ impl<E, S: Store> Limiter<E, S> {
     }
 
     pub(crate) fn assign(&self, hash: u64, label: String, tier: &str) -> Result<(), BuildError> {
-        let Some(t) = read(&self.tiers).get(tier).cloned() else {
+        // Hold the tiers (read) while assigning, so that the tier cannot be removed meanwhile.
+        let tiers = read(&self.tiers);
+        let Some(t) = tiers.get(tier).cloned() else {
             return Err(BuildError::new(
                 crate::config::LAYER,
                 "tier",
                 format!("no tier named `{tier}`"),
             ));
         };
+        let mut map = write(&self.assignments);
+        if map.len() >= crate::config::MAX_ASSIGNMENTS && !map.contains_key(&hash) {
+            return Err(BuildError::new(
+                crate::config::LAYER,
+                "tenant",
+                format!(
+                    "at most {} tenants are assigned to tiers",
+                    crate::config::MAX_ASSIGNMENTS
+                ),
+            ));
+        }
+        map.insert(
+            hash,
+            Assignment {
+                tier: t,
+                label: label.clone(),
+            },
+        );
+        self.has_assignments.store(true, Ordering::Relaxed);
+        drop(map);
+        drop(tiers);
+        tracing::info!(tenant = %label, tier, "tenant assigned to rate limit tier");
         self.audit.record_with(|| {
             AuditEvent::new("ratelimit.tenant_assigned")
-                .tenant(label.clone())
+                .tenant(label)
                 .detail("tier", tier)
         });
-        tracing::info!(tenant = %label, tier, "tenant assigned to rate limit tier");
-        let mut map = write(&self.assignments);
-        map.insert(hash, Assignment { tier: t, label });
-        self.has_assignments.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -451,6 +546,7 @@ impl<E, S: fmt::Debug> fmt::Debug for Limiter<E, S> {
             .field("default_tier", &self.default_tier)
             .field("store", &self.store)
             .field("missing", &self.missing)
+            .field("malformed", &self.malformed)
             .field("penalty", &self.penalty)
             .finish_non_exhaustive()
     }
@@ -463,9 +559,21 @@ fn reject_key(err: &KeyError) -> BoxError {
 
 #[cold]
 fn rate_limited(policy: &Arc<str>, eff: Effective, d: &Decision) -> BoxError {
-    let quota =
-        Quota::new(eff.limit, eff.period, d.remaining(), d.reset()).with_policy(policy.clone());
+    let (limit, window) = advertised(eff.limit, eff.period);
+    let quota = Quota::new(limit, window, d.remaining(), d.reset()).with_policy(policy.clone());
     Box::new(RateLimited::new(d.retry_after()).with_quota(quota))
+}
+
+/// The quota to advertise for `limit` requests per `period`: the `RateLimit-Policy` window `w` is whole
+/// seconds (draft-ietf-httpapi-ratelimit-headers), so the window is `period` rounded up to a whole
+/// second and the quota is scaled to it, rounded down — `q / w` is never more generous than
+/// `limit / period` (10 per 100 ms is `q=100;w=1`, 10 per 1.5 s is `q=13;w=2`).
+pub(crate) fn advertised(limit: u64, period: Duration) -> (u64, Duration) {
+    let secs = (period.as_secs() + u64::from(period.subsec_nanos() > 0)).max(1);
+    let window = Duration::from_secs(secs);
+    let period_ns = period.as_nanos().max(1);
+    let q = u128::from(limit) * window.as_nanos() / period_ns;
+    (u64::try_from(q).unwrap_or(u64::MAX), window)
 }
 
 /// `RateLimit: "tier";r=<remaining>;t=<seconds until full>`.

@@ -1,13 +1,14 @@
 //! Where the buckets live: the [`Store`] trait and the default in-memory [`MemoryStore`].
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_core::keymap::KeyMap;
 use tokio::time::Instant;
 
-use crate::gcra::{nanos, Cell, Decision, Gcra, Op, Penalty};
+use crate::gcra::{millis, nanos, Cell, Decision, Gcra, Op, Penalty};
 
 /// Which bucket a request draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,34 +69,63 @@ pub trait Store: Send + Sync + 'static {
 
 /// The default store: buckets in a bounded [`KeyMap`], 16 bytes of state per tenant.
 ///
-/// - **At most `max_keys` tenants.** A new tenant arriving when the map is full (after sweeping idle
-///   buckets) shares one **overflow bucket** with every other such tenant, at the requesting tenant's
-///   rate: under a flood of random tenant ids, the newcomers together get one tenant's quota, and
-///   tracked tenants are untouched. Counted in [`overflowed`](Store::overflowed).
+/// - **At most `max_keys` tenants** (at most [`MAX_KEYS`](palisade_core::keymap::MAX_KEYS); larger
+///   values are clamped, and the layer's builder refuses them). A new tenant arriving when the map is
+///   full (after sweeping idle buckets) shares one **overflow bucket** with every other such tenant, at
+///   the requesting tenant's rate: under a flood of random tenant ids, the newcomers together get one
+///   tenant's quota, and tracked tenants are untouched. Counted in [`overflowed`](Store::overflowed).
+///   A [`Peek`](Op::Peek) for a tenant without a bucket looks where its request would go: a fresh
+///   bucket if there is room, else the overflow bucket.
 /// - **Idle eviction, driven by the map:** when a new tenant finds the map full, buckets unused for the
 ///   idle timeout are swept (at most every quarter of the timeout) — but only buckets that are **full
-///   again** (TAT in the past, so no penalty is pending). Forgetting a full bucket changes no decision:
-///   a new bucket is full too. The layer's builder also refuses an idle timeout shorter than the longest
-///   refill time, so an active tenant is never forgotten mid-window.
+///   again** (TAT in the past, so no penalty is pending) and, under a [`Penalty`] policy, whose
+///   **offence level has decayed to zero** (a repeat offender's level is kept for `level × decay` after
+///   its last violation, so flushing the map does not reset it). Forgetting such a bucket changes no
+///   decision: a new bucket is full and has no offences too. The layer's builder also refuses an idle
+///   timeout shorter than the longest refill time, so an active tenant is never forgotten mid-window.
+///   The store learns the penalty's decay from the first violation streak it sees (the layer passes
+///   its policy with every step); without a penalty policy the level has no effect on decisions and
+///   does not hold a bucket.
 pub struct MemoryStore {
     map: KeyMap<Cell>,
     anonymous: Cell,
     overflow: Cell,
     epoch: Instant,
+    /// The penalty decay in milliseconds (0: no penalty policy seen), shared with the map's eviction
+    /// rule.
+    decay_ms: Arc<AtomicU64>,
 }
 
 impl MemoryStore {
-    /// A store of at most `max_keys` tenant buckets, evicting full buckets idle for `idle_timeout`.
+    /// A store of at most `max_keys` tenant buckets, evicting full, forgiven buckets idle for
+    /// `idle_timeout`.
     pub fn new(max_keys: usize, idle_timeout: Duration) -> Self {
         let epoch = Instant::now();
+        let decay_ms = Arc::new(AtomicU64::new(0));
+        let decay = decay_ms.clone();
         let map = KeyMap::new(max_keys, idle_timeout).evict_if(move |cell: &Cell| {
-            cell.tat() <= nanos(Instant::now().saturating_duration_since(epoch))
+            let now = nanos(Instant::now().saturating_duration_since(epoch));
+            if cell.tat() > now {
+                return false; // refilling, or serving a penalty
+            }
+            let decay = decay.load(Ordering::Relaxed);
+            decay == 0 || cell.decayed_level(decay, now) == 0
         });
         MemoryStore {
             map,
             anonymous: Cell::new(),
             overflow: Cell::new(),
             epoch,
+            decay_ms,
+        }
+    }
+
+    /// Remembers the decay of the penalty policy in use (on a new violation streak only: cold).
+    #[cold]
+    fn learn(&self, penalty: &Penalty) {
+        let ms = millis(penalty.decay).max(1);
+        if self.decay_ms.load(Ordering::Relaxed) != ms {
+            self.decay_ms.store(ms, Ordering::Relaxed);
         }
     }
 
@@ -167,13 +197,16 @@ impl Store for MemoryStore {
             Bucket::Tenant(hash) => {
                 let cell: Option<Arc<Cell>> = match op {
                     Op::Consume => self.map.get_or_insert_with(hash, now, Cell::new),
-                    // A peek must not create state: an unknown tenant has a full bucket.
+                    // A peek must not create state. An unknown tenant's request would get a fresh,
+                    // full bucket if there is room (made by the sweep a full map runs), else the
+                    // overflow bucket: look at that one.
                     Op::Peek => match self.map.get(hash) {
                         Some(c) => Some(c),
-                        None => {
+                        None if self.map.has_room(now) => {
                             let d = Cell::new().acquire(gcra, penalty, ticks, op);
                             return (d, MemoryGrant(Held::Nothing));
                         }
+                        None => None,
                     },
                 };
                 match cell {
@@ -185,6 +218,9 @@ impl Store for MemoryStore {
                 }
             }
         };
+        if let (Some(_), Some(p)) = (d.streak(), penalty) {
+            self.learn(p);
+        }
         (d, MemoryGrant(held))
     }
 

@@ -10,7 +10,9 @@ use http::{HeaderValue, Request, Response};
 use palisade_core::audit::Audit;
 use palisade_core::error::{BoxError, KeyError, RateLimited};
 use palisade_core::key::HeaderKey;
-use palisade_ratelimit::{Cell, LoadSignal, MissingKey, Op, Rate, RateLimitHandle, RateLimitLayer};
+use palisade_ratelimit::{
+    Cell, LoadSignal, MalformedKey, MissingKey, Op, Rate, RateLimitHandle, RateLimitLayer,
+};
 use proptest::prelude::*;
 use tokio::time::{advance, Instant};
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -348,6 +350,8 @@ async fn bad_tenant_keys_follow_the_policy() {
         assert!(err.downcast_ref::<KeyError>().is_some(), "{err}");
     }
 
+    // Under `Anonymous`, only the missing key joins the anonymous bucket; malformed ones are still refused
+    // with their KeyError (a 400), and use no anonymous quota.
     let layer = RateLimitLayer::builder(key())
         .missing_key(MissingKey::Anonymous)
         .tier("anonymous", Rate::per_hour(3))
@@ -357,9 +361,40 @@ async fn bad_tenant_keys_follow_the_policy() {
     let svc = service(layer);
     let mut ok = 0;
     for r in &bad {
+        match svc.clone().oneshot(clone_req(r)).await {
+            Ok(_) => ok += 1,
+            Err(err) => {
+                let key_err = err.downcast_ref::<KeyError>().expect("a KeyError");
+                assert!(!key_err.is_missing(), "{key_err}");
+            }
+        }
+    }
+    assert_eq!(
+        ok, 1,
+        "only the keyless request shares the anonymous bucket"
+    );
+    assert!(
+        handle.check_anonymous().decision.is_admitted(),
+        "2 of 3 left"
+    );
+
+    // The explicit opt-in pools malformed keys with the missing one.
+    let layer = RateLimitLayer::builder(key())
+        .missing_key(MissingKey::Anonymous)
+        .malformed_key(MalformedKey::AsMissing)
+        .tier("anonymous", Rate::per_hour(3))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = service(layer);
+    let mut ok = 0;
+    for r in &bad {
         ok += usize::from(svc.clone().oneshot(clone_req(r)).await.is_ok());
     }
-    assert_eq!(ok, 3, "keyless requests share one anonymous bucket");
+    assert_eq!(
+        ok, 3,
+        "keyless and malformed requests share one anonymous bucket"
+    );
     assert!(!handle.check_anonymous().decision.is_admitted());
     send(&svc, "real-tenant").await.unwrap();
 }
