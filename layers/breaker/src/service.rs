@@ -8,6 +8,7 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use palisade_core::classify::{Classified, Classify, ClassifyBody, OnOutcome, Outcome};
+use palisade_core::deadline::Scope;
 use palisade_core::error::{BoxError, CircuitOpen};
 use palisade_core::key::KeyExtractor;
 use pin_project_lite::pin_project;
@@ -97,7 +98,15 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
 ///   service, not by the breaker.
 ///
 /// The vouched-for refusal belongs to this instance: a clone starts without it, as it starts without
-/// the inner service's readiness.
+/// the inner service's readiness. A readiness the inner service granted *before* the circuit began to
+/// refuse stays with this instance (a `ConcurrencyLimit` permit is held by it until it is called again
+/// or dropped), as it would with any caller that polls and does not call.
+///
+/// Behind a load balancer (`tower::balance`, a multi-endpoint tonic channel), a refusing endpoint
+/// therefore looks *ready*, and a power-of-two-choices balancer may prefer it. Put the breaker where it
+/// fails fast for the caller (around the balanced service, as `ClientStack` does), or take open
+/// endpoints out of the balancer's set through the handle's state, rather than one breaker per endpoint
+/// inside the balancer.
 ///
 /// A [`KeyedCircuitBreaker`] cannot do the same: the key, and so the circuit, is known only in `call`.
 pub struct CircuitBreaker<S, C = palisade_core::classify::Grpc> {
@@ -188,6 +197,7 @@ where
                 role,
                 gen,
                 start: circuit.common.times_calls().then(Instant::now),
+                scope: Scope::current(),
             };
             ResponseFuture {
                 state: State::Called {
@@ -322,6 +332,8 @@ struct Armed<C> {
     role: Role,
     gen: u32,
     start: Option<Instant>,
+    /// The deadline scope the call was made under (the nearest palisade timeout above, if any).
+    scope: Option<Scope>,
 }
 
 impl<C> Recorder<C> {
@@ -378,15 +390,16 @@ impl<C> Recorder<C> {
     /// The call was dropped before its outcome was known. It counts for nothing (a probe slot comes
     /// back) unless it says something about the dependency:
     ///
-    /// - dropped by the stack's own deadline (a palisade timeout above fired:
-    ///   [`palisade_core::deadline::expiring`]): a **failure**, and slow if slow calls are timed and
-    ///   it ran past the threshold;
+    /// - dropped by the stack's own deadline (the palisade timeout the call was made under fired:
+    ///   [`Scope::is_expiring`]; a timeout of another stack, e.g. a server's around the handler that
+    ///   called this client stack, does not count when this stack has a timeout of its own): a
+    ///   **failure**, and slow if slow calls are timed and it ran past the threshold;
     /// - dropped for another reason (the client went away) after running at least the slow-call
     ///   threshold: **slow** (not a failure: it might have succeeded).
     #[cold]
     fn dropped(&mut self) {
         let Some(a) = self.armed.take() else { return };
-        let timed_out = palisade_core::deadline::expiring();
+        let timed_out = a.scope.is_some_and(Scope::is_expiring);
         let slow = a.start.is_some_and(|start| {
             a.circuit
                 .common

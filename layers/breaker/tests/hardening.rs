@@ -462,3 +462,58 @@ async fn keyed_handle_finds_other_keys_by_their_own_type() {
     assert!(h.get(&Tenant(7)).is_some());
     assert!(h.get(&Tenant(8)).is_none());
 }
+
+/// A handler under a server timeout that calls a backend through a client stack of its own (total
+/// timeout → breaker → backend): after `local` of its own work, then the backend answers in 100 ms.
+async fn nested(
+    client_timeout: Option<Duration>,
+    local: Duration,
+) -> palisade_breaker::BreakerHandle {
+    let breaker = base()
+        .consecutive_failures(1)
+        .no_failure_rate()
+        .build()
+        .unwrap();
+    let h = breaker.handle();
+    let backend = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, BoxError>(Response::new(String::from("ok")))
+    });
+    let client = tower::util::BoxCloneSyncService::new(match client_timeout {
+        Some(t) => {
+            tower::util::Either::Left(TimeoutLayer::new(t).unwrap().layer(breaker.layer(backend)))
+        }
+        None => tower::util::Either::Right(breaker.layer(backend).map_err(Into::into)),
+    });
+    let handler = tower::service_fn(move |_req: Request<()>| {
+        let client = client.clone();
+        async move {
+            tokio::time::sleep(local).await;
+            client.oneshot(Request::new(())).await
+        }
+    });
+    let server = TimeoutLayer::new(Duration::from_secs(1))
+        .unwrap()
+        .layer(handler);
+    let err = server.oneshot(Request::new(())).await.unwrap_err();
+    assert!(err.downcast_ref::<Elapsed>().is_some(), "{err}");
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_timeout_does_not_charge_a_client_breaker_under_its_own_timeout() {
+    // The server's 1 s runs out while the backend call (10 ms old) is in flight: the backend is fine, the
+    // handler was slow. The client stack has its own 5 s total timeout, which never fired.
+    let h = nested(Some(Duration::from_secs(5)), Duration::from_millis(990)).await;
+    assert_eq!(h.counts().consecutive_failures, 0, "{:?}", h.counts());
+    assert_eq!(h.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_without_a_timeout_of_its_own_takes_the_nearest_one() {
+    // Documented: with no timeout in its own stack, the breaker is charged by the nearest palisade
+    // timeout above it — here the server's.
+    let h = nested(None, Duration::from_millis(990)).await;
+    assert_eq!(h.counts().consecutive_failures, 1, "{:?}", h.counts());
+    assert_eq!(h.state(), CircuitState::Open);
+}

@@ -149,53 +149,125 @@ pub fn refresh_grpc_timeout<B>(req: &mut Request<B>) -> Result<(), Elapsed> {
     Ok(())
 }
 
-thread_local! {
-    /// How many [`expire`] scopes are running on this thread (nested timeouts nest).
-    static EXPIRING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Runs `cancel` — dropping the work of a request whose deadline has passed — telling what it drops
-/// why: while `cancel` runs, [`expiring`] is true on this thread.
+/// One timeout's deadline, as the work under it sees it: which palisade timeout (one response future of a
+/// timeout layer) a piece of work runs under, so that when that timeout fires, the work it cuts off — and
+/// only that work — knows it was cut off by its own stack's deadline.
 ///
-/// A timeout layer (`palisade_timeout::TimeoutLayer`) calls it when its own budget runs out, and drops
-/// the inner future inside it, at once. A circuit breaker below it (`palisade-breaker`) asks
-/// [`expiring`] when its response future is dropped before the outcome is known: a call cut off by
-/// the stack's deadline is a timeout, which the breaker counts as a failure, while a call dropped for
-/// any other reason (the client went away, a hedge won) counts for nothing. Nothing is read or written
-/// on the request path; only a timeout that fires pays two thread-local writes.
+/// The protocol, all thread-local and allocation-free:
+///
+/// - a timeout layer makes a [`Scope::new`] per request and runs its inner service's `call`, and every poll
+///   of the inner future, inside [`Scope::enter`];
+/// - work below it (a circuit breaker's response future, a signal recorder) takes [`Scope::current`] when
+///   it is created — the innermost timeout whose `call` or poll is running;
+/// - when the budget runs out, the timeout drops the inner future inside [`Scope::expire`]; whatever is
+///   dropped then asks [`Scope::is_expiring`] on the scope it took.
+///
+/// A breaker therefore counts a call cut off by the timeout directly above it (or the nearest one, if its
+/// own stack has none) as a timeout failure, while a breaker in *another* stack that happens to live inside
+/// the dropped work — a client stack called from a handler that a server timeout cuts off, with a total
+/// timeout of its own — is not charged for a deadline that was not its backend's.
 ///
 /// ```
-/// use palisade_core::deadline::{expire, expiring};
+/// use palisade_core::deadline::Scope;
 ///
-/// struct Work;
+/// struct Work(Option<Scope>);
 /// impl Drop for Work {
 ///     fn drop(&mut self) {
-///         assert!(expiring()); // dropped because the deadline passed
+///         // Dropped because the deadline it runs under passed.
+///         assert!(self.0.is_some_and(|s| s.is_expiring()));
 ///     }
 /// }
 ///
-/// let work = Work;
-/// assert!(!expiring());
-/// expire(|| drop(work));
-/// assert!(!expiring());
+/// let timeout = Scope::new();
+/// let work = timeout.enter(|| Work(Scope::current())); // created under the timeout
+/// assert_eq!(Scope::current(), None);
+/// let other = Scope::new();
+/// assert!(!other.is_expiring());
+/// timeout.expire(|| drop(work));
+/// assert!(!timeout.is_expiring());
 /// ```
-pub fn expire<R>(cancel: impl FnOnce() -> R) -> R {
-    struct Scope;
-    impl Drop for Scope {
-        fn drop(&mut self) {
-            EXPIRING.with(|e| e.set(e.get().saturating_sub(1)));
-        }
-    }
-    EXPIRING.with(|e| e.set(e.get().saturating_add(1)));
-    // Ends the scope even if a destructor panics.
-    let _scope = Scope;
-    cancel()
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scope(std::num::NonZeroU64);
+
+thread_local! {
+    /// The innermost scope whose `call` or poll runs on this thread (0: none).
+    static CURRENT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The scope being expired on this thread (0: none).
+    static EXPIRING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The next scope id of this thread: a block of 2^32 ids, taken from `BLOCKS` (0: no block yet).
+    static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether this thread is inside [`expire`]: the work being dropped now is being dropped because its
-/// request's deadline passed.
+/// The next unused block of scope ids (each thread takes one at a time; ids never repeat within 2^64).
+static BLOCKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Restores a thread-local cell to its previous value, even on unwind.
+struct Restore(&'static std::thread::LocalKey<std::cell::Cell<u64>>, u64);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let prev = self.1;
+        self.0.with(|c| c.set(prev));
+    }
+}
+
+impl Scope {
+    /// A fresh scope, distinct from every other scope of the process. Costs two thread-local accesses
+    /// (and one shared atomic increment per 2^32 scopes a thread makes).
+    #[inline]
+    pub fn new() -> Scope {
+        NEXT.with(|n| {
+            let mut id = n.get();
+            if id & 0xFFFF_FFFF == 0 {
+                let block = BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                id = (block << 32) | 1;
+            }
+            n.set(id.wrapping_add(1));
+            Scope(std::num::NonZeroU64::new(id).unwrap_or(std::num::NonZeroU64::MIN))
+        })
+    }
+
+    /// The innermost scope whose [`enter`](Self::enter) is running on this thread, if any.
+    #[inline]
+    pub fn current() -> Option<Scope> {
+        std::num::NonZeroU64::new(CURRENT.with(std::cell::Cell::get)).map(Scope)
+    }
+
+    /// Runs `f` — the inner service's `call`, or one poll of the inner future — under this scope.
+    #[inline]
+    pub fn enter<R>(self, f: impl FnOnce() -> R) -> R {
+        let prev = CURRENT.with(|c| c.replace(self.0.get()));
+        let _restore = Restore(&CURRENT, prev);
+        f()
+    }
+
+    /// Runs `cancel` — dropping the work of a request whose deadline has passed — telling what it drops
+    /// why: while `cancel` runs, [`is_expiring`](Self::is_expiring) is true for this scope on this thread.
+    pub fn expire<R>(self, cancel: impl FnOnce() -> R) -> R {
+        let prev = EXPIRING.with(|c| c.replace(self.0.get()));
+        let _restore = Restore(&EXPIRING, prev);
+        cancel()
+    }
+
+    /// Whether this scope is being expired on this thread: the work being dropped now is dropped because
+    /// this scope's deadline passed.
+    #[inline]
+    pub fn is_expiring(self) -> bool {
+        EXPIRING.with(std::cell::Cell::get) == self.0.get()
+    }
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope::new()
+    }
+}
+
+/// Whether *some* deadline scope is being expired on this thread (see [`Scope`]; prefer
+/// [`Scope::is_expiring`] on the scope the work was created under, which is not fooled by a timeout of
+/// another stack).
 pub fn expiring() -> bool {
-    EXPIRING.with(|e| e.get() != 0)
+    EXPIRING.with(std::cell::Cell::get) != 0
 }
 
 /// The `grpc-timeout` header name.

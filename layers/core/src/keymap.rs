@@ -175,7 +175,10 @@ impl<V> KeyMap<V> {
     /// even after sweeping idle entries (counted in [`overflowed`](Self::overflowed)).
     ///
     /// Looking up an existing key takes a shared (read) lock on one of 16 shards; a new key takes that
-    /// shard's write lock and one compare-and-swap on the count.
+    /// shard's write lock and one compare-and-swap on the count. A new key refused by a full map takes
+    /// only read locks (besides the rate-limited sweep), so a flood of new keys does not hold up
+    /// lookups of tracked ones. If `make` panics, the place it was given is released and the map is
+    /// unchanged.
     pub fn get_or_insert_with(
         &self,
         hash: u64,
@@ -209,8 +212,24 @@ impl<V> KeyMap<V> {
 
     /// The entry for `hash`, existing or created if a place in the count can be reserved; gives `make`
     /// back if the map is full.
+    ///
+    /// A full map refuses under the shard's read lock only: during a flood of new keys (the attack
+    /// this map exists for) refusals must not queue behind, or block, the read-locked lookups of
+    /// tracked keys. The early check is only a shortcut; [`reserve`](Self::reserve) still decides, so
+    /// the cap stays exact.
     fn try_insert<F: FnOnce() -> V>(&self, hash: u64, ticks: u64, make: F) -> Result<Arc<V>, F> {
-        let mut shard = write(self.shard(hash));
+        let shard = self.shard(hash);
+        if self.len.load(Ordering::Acquire) >= self.max_keys {
+            return match read(shard).get(&hash) {
+                // Inserted by a racing caller since the first lookup.
+                Some(slot) => {
+                    touch(slot, ticks);
+                    Ok(slot.value.clone())
+                }
+                None => Err(make),
+            };
+        }
+        let mut shard = write(shard);
         if let Some(slot) = shard.get(&hash) {
             // Inserted by a racing caller since the read lookup.
             touch(slot, ticks);
@@ -221,6 +240,9 @@ impl<V> KeyMap<V> {
         if !self.reserve() {
             return Err(make);
         }
+        // `make` may panic (it can run a user's `Debug` impl): the reservation is given back on unwind,
+        // or every such panic would lower the cap for good.
+        let reservation = Reservation(&self.len);
         let value = Arc::new(make());
         shard.insert(
             hash,
@@ -229,6 +251,7 @@ impl<V> KeyMap<V> {
                 last_used: AtomicU64::new(ticks),
             },
         );
+        std::mem::forget(reservation);
         Ok(value)
     }
 
@@ -347,6 +370,16 @@ impl<V> fmt::Debug for KeyMap<V> {
             .field("idle", &Duration::from_nanos(self.idle))
             .field("overflowed", &self.overflowed())
             .finish()
+    }
+}
+
+/// A place reserved in the count for an entry not yet inserted: released if dropped (when `make`
+/// panics), forgotten once the entry is in.
+struct Reservation<'a>(&'a AtomicUsize);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -495,6 +528,88 @@ mod tests {
                 "round {round}: len() is the entry count"
             );
         }
+    }
+
+    /// Finding 1: on a full map, refusing a new key takes no write lock. Every shard is held under a
+    /// read lock here (as by lookups of tracked tenants); a newcomer on another thread must still get
+    /// its refusal at once, and a tracked key must still be found. (The sweep a full map runs before
+    /// refusing takes write locks, but at most once per quarter of the idle timeout: the first
+    /// overflow below uses it up.) Before the fix the newcomer's insert blocked on a shard's write lock
+    /// until the read guards were dropped.
+    #[test]
+    fn a_full_map_refuses_newcomers_without_a_write_lock() {
+        let map: Arc<KeyMap<u64>> = Arc::new(KeyMap::new(2, Duration::from_secs(60)));
+        let now = Instant::now();
+        map.get_or_insert_with(1, now, || 1).unwrap();
+        map.get_or_insert_with(2, now, || 2).unwrap();
+        assert!(
+            map.get_or_insert_with(3, now, || 3).is_none(),
+            "runs the sweep"
+        );
+        let guards: Vec<_> = map.shards.iter().map(read).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = {
+            let map = map.clone();
+            std::thread::spawn(move || {
+                // Newcomers in every shard (the shard is chosen by the top bits).
+                for shard in 0..SHARDS as u64 {
+                    let hash = (shard << 59) | 0x1234;
+                    tx.send(map.get_or_insert_with(hash, now, || 0).is_none())
+                        .unwrap();
+                }
+                tx.send(map.get_or_insert_with(1, now, || 0).map(|v| *v) == Some(1))
+                    .unwrap();
+            })
+        };
+        let answers: Vec<bool> = (0..=SHARDS)
+            .map_while(|_| rx.recv_timeout(Duration::from_secs(5)).ok())
+            .collect();
+        drop(guards);
+        worker.join().unwrap();
+        assert_eq!(
+            answers.len(),
+            SHARDS + 1,
+            "a refused newcomer waited for a shard's write lock"
+        );
+        assert!(answers.iter().all(|&ok| ok), "{answers:?}");
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.overflowed(), 1 + SHARDS as u64);
+    }
+
+    /// Finding 1: the full-map path still finds a key a racing caller inserted after the first
+    /// lookup (here: `try_insert` called directly for a tracked key, skipping that lookup), and does
+    /// not call `make`.
+    #[test]
+    fn a_full_map_still_returns_a_key_inserted_by_a_racer() {
+        let map: KeyMap<u64> = KeyMap::new(1, Duration::from_secs(60));
+        let now = Instant::now();
+        map.get_or_insert_with(7, now, || 7).unwrap();
+        let got = map.try_insert(7, map.ticks(now), || -> u64 { panic!("made again") });
+        assert_eq!(got.ok().map(|v| *v), Some(7));
+        assert_eq!(map.len(), 1);
+    }
+
+    /// Finding 2: a `make` that panics gives its reserved place back, so the cap is not lowered.
+    #[test]
+    fn a_panicking_make_gives_its_place_back() {
+        let map: KeyMap<u64> = KeyMap::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        map.get_or_insert_with(1, now, || 1).unwrap();
+        for _ in 0..3 {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                map.get_or_insert_with(2, now, || panic!("a label's Debug impl panicked"))
+            }));
+            assert!(panicked.is_err());
+            assert_eq!(map.len(), 1, "the panicking insert kept its place");
+            assert!(map.get(2).is_none());
+        }
+        // The full capacity is still there: one more key fits, and then the map is full.
+        assert_eq!(map.get_or_insert_with(2, now, || 2).map(|v| *v), Some(2));
+        assert!(map.get_or_insert_with(3, now, || 3).is_none());
+        assert_eq!(map.len(), 2);
+        let mut entries = 0;
+        map.for_each(|_, _| entries += 1);
+        assert_eq!(entries, 2);
     }
 
     #[test]

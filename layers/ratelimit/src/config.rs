@@ -170,9 +170,10 @@ impl<E> Builder<E> {
     /// each `decay` without a violation forgives one level. See [`Penalty`].
     ///
     /// `max` must be at least `base` and at most a day; `decay` between 1 ms and a day (it is counted in
-    /// whole milliseconds). Levels go up to 127. A bucket with an offence level is not forgotten until the
-    /// level has decayed (`level × decay` after the last violation), so flushing the tenant map does not
-    /// reset a repeat offender.
+    /// whole milliseconds). Levels go up to 127. A bucket at offence level 2 or more is not forgotten until
+    /// its level has decayed to 1 (`(level − 1) × decay` after the last violation), so flushing the tenant
+    /// map does not reset a repeat offender; a first offender's bucket (level 1, no penalty yet) is evicted
+    /// like any idle one, so a flood of one-time offenders cannot pin the map.
     pub fn penalty(mut self, base: Duration, max: Duration, decay: Duration) -> Self {
         self.penalty = Some(Penalty { base, max, decay });
         self
@@ -291,8 +292,8 @@ impl<E> Builder<E> {
                     LAYER,
                     "penalty",
                     format!(
-                        "decay {:?} is not between 1 ms and a day (offence levels are kept, and \
-                         their buckets with them, for up to level × decay after the last violation)",
+                        "decay {:?} is not between 1 ms and a day (repeat offenders' buckets are \
+                         kept for up to (level − 1) × decay after the last violation)",
                         p.decay
                     ),
                 ));

@@ -23,7 +23,7 @@
 //!   application.
 //! - **Bounded memory**: at most `max_keys` tenants (16 bytes of bucket each, in palisade-core's
 //!   `KeyMap`); full buckets idle for `idle_timeout` are forgotten when room is needed, but not while
-//!   a repeat offender's level has not decayed; new tenants over the cap share one overflow bucket
+//!   a repeat offender's level (2 or more) has not decayed; new tenants over the cap share one overflow bucket
 //!   ([`MemoryStore`]), and a [`check`](RateLimitHandle::check) of a newcomer looks at that bucket
 //!   when its request would. `build()` refuses an idle timeout shorter than any tier's refill time, so
 //!   active tenants are never forgotten mid-window, and every size and duration above its documented

@@ -67,6 +67,10 @@ pub trait Store: Send + Sync + 'static {
     fn overflowed(&self) -> u64;
 }
 
+/// The lowest decayed offence level that keeps an idle, full bucket from eviction: a repeat offender's.
+/// Level 1 (a first streak) adds no penalty by itself (see [`Penalty`]).
+const KEPT_LEVEL: u64 = 2;
+
 /// The default store: buckets in a bounded [`KeyMap`], 16 bytes of state per tenant.
 ///
 /// - **At most `max_keys` tenants** (at most [`MAX_KEYS`](palisade_core::keymap::MAX_KEYS); larger
@@ -79,13 +83,21 @@ pub trait Store: Send + Sync + 'static {
 /// - **Idle eviction, driven by the map:** when a new tenant finds the map full, buckets unused for the
 ///   idle timeout are swept (at most every quarter of the timeout) — but only buckets that are **full
 ///   again** (TAT in the past, so no penalty is pending) and, under a [`Penalty`] policy, whose
-///   **offence level has decayed to zero** (a repeat offender's level is kept for `level × decay` after
-///   its last violation, so flushing the map does not reset it). Forgetting such a bucket changes no
-///   decision: a new bucket is full and has no offences too. The layer's builder also refuses an idle
-///   timeout shorter than the longest refill time, so an active tenant is never forgotten mid-window.
-///   The store learns the penalty's decay from the first violation streak it sees (the layer passes
-///   its policy with every step); without a penalty policy the level has no effect on decisions and
-///   does not hold a bucket.
+///   **offence level has decayed below 2**. A repeat offender (level 2 or more) keeps its bucket until
+///   its level has decayed to 1, `(level - 1) × decay` after its last violation, so flushing the map
+///   does not reset it. A first offender (level 1) is evicted like any full idle bucket: otherwise
+///   burst + 1 requests from each of `max_keys` random ids would pin the whole map for `decay` (up to a
+///   day) and send every new tenant to the overflow bucket. Forgetting a full bucket at level 0
+///   changes no decision (a new bucket is full and has no offences too); forgetting one at level 1
+///   loses exactly one escalation step: the tenant's next streak is a first offence again (level 1,
+///   no penalty) instead of a second (level 2, `base`), and each later streak is one level lower than
+///   it would have been, until the levels decay. A tenant that cannot change its id could so avoid
+///   penalties by spacing single streaks more than the idle timeout apart while the map is full; it
+///   is still held to its quota. The layer's builder also refuses an idle timeout shorter than the
+///   longest refill time, so an active tenant is never forgotten mid-window. The store learns the
+///   penalty's decay from the first violation streak it sees (the layer passes its policy with every
+///   step); without a penalty policy the level has no effect on decisions and does not hold a
+///   bucket.
 pub struct MemoryStore {
     map: KeyMap<Cell>,
     anonymous: Cell,
@@ -97,8 +109,8 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store of at most `max_keys` tenant buckets, evicting full, forgiven buckets idle for
-    /// `idle_timeout`.
+    /// A store of at most `max_keys` tenant buckets, evicting full buckets idle for `idle_timeout`
+    /// unless they belong to a repeat offender (offence level 2 or more after decay).
     pub fn new(max_keys: usize, idle_timeout: Duration) -> Self {
         let epoch = Instant::now();
         let decay_ms = Arc::new(AtomicU64::new(0));
@@ -108,8 +120,11 @@ impl MemoryStore {
             if cell.tat() > now {
                 return false; // refilling, or serving a penalty
             }
+            // Only a level that would make a penalty at the next streak holds the bucket (see
+            // `Penalty`: level 1 costs nothing, the next streak builds on the decayed level). Keeping
+            // level 1 too would let a flood of one-violation ids pin the map for `decay`.
             let decay = decay.load(Ordering::Relaxed);
-            decay == 0 || cell.decayed_level(decay, now) == 0
+            decay == 0 || cell.decayed_level(decay, now) < KEPT_LEVEL
         });
         MemoryStore {
             map,

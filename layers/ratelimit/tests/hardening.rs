@@ -1,5 +1,6 @@
-//! Hardening: offence levels survive eviction, checks see the overflow bucket, every named tier is
-//! changeable (or removable) at run time, honest `RateLimit-Policy` quotas, bounded settings.
+//! Hardening: repeat offenders' levels survive eviction (first offences do not pin the map), checks
+//! see the overflow bucket, every named tier is changeable (or removable) at run time, honest
+//! `RateLimit-Policy` quotas, bounded settings.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -45,15 +46,16 @@ fn limited(err: &BoxError) -> &RateLimited {
         .unwrap_or_else(|| panic!("expected RateLimited, got {err}"))
 }
 
-/// Item 10: a repeat offender whose full, idle bucket is swept out by a flood of newcomers keeps its
-/// offence level; it is forgotten only once the level has decayed.
+/// Item 10: a repeat offender (offence level 2 or more) whose full, idle bucket is swept out by a flood
+/// of newcomers keeps its offence level; it is forgotten only once the level has decayed below 2. (A
+/// first offender's level 1 is not kept: see the next test.)
 #[tokio::test(start_paused = true)]
 async fn an_offence_level_survives_a_flush_of_the_key_map() {
     let layer = RateLimitLayer::builder(key())
         .default_rate(Rate::per_second(1).burst(1))
         .penalty(
             Duration::from_secs(60),
-            Duration::from_secs(60),
+            Duration::from_secs(600),
             Duration::from_secs(600),
         )
         .max_keys(1)
@@ -65,25 +67,30 @@ async fn an_offence_level_survives_a_flush_of_the_key_map() {
     send(&svc, "bad").await.unwrap();
     let err = send(&svc, "bad").await.unwrap_err(); // streak 1: level 1, no penalty yet
     assert_eq!(limited(&err).retry_after, Duration::from_secs(1));
-    // Two seconds later "bad" is full again and idle: a newcomer finds the map full and sweeps.
     advance(Duration::from_secs(2)).await;
+    send(&svc, "bad").await.unwrap();
+    let err = send(&svc, "bad").await.unwrap_err(); // streak 2 (at 2 s): level 2, a 60 s penalty
+    assert_eq!(limited(&err).retry_after, Duration::from_secs(61));
+    // At 64 s "bad" is full again and idle: a newcomer finds the map full and sweeps.
+    advance(Duration::from_secs(62)).await;
     send(&svc, "newcomer").await.unwrap();
-    // "bad" still has its own bucket and its level: its next streak is level 2, a 60 s penalty.
+    assert_eq!(handle.overflowed(), 1, "\"bad\" kept its bucket");
+    // "bad" still has its own bucket and its level: its next streak is level 3, a 120 s penalty.
     send(&svc, "bad").await.unwrap();
     let err = send(&svc, "bad").await.unwrap_err();
     assert_eq!(
         limited(&err).retry_after,
-        Duration::from_secs(61),
+        Duration::from_secs(121),
         "the offence level was forgotten with the bucket"
     );
     assert_eq!(handle.tracked_tenants(), 1);
 
-    // The bucket goes once its level has decayed: level 2, one level per 600 s from the last
-    // violation (at 2 s). At 1,201 s one level is left, and the next newcomer overflows.
+    // The bucket goes once its level has decayed below 2: level 3, one level per 600 s from the last
+    // violation (at 64 s). At 1,263 s two levels are left, and the next newcomer overflows.
     advance(Duration::from_secs(1_199)).await;
     send(&svc, "other").await.unwrap();
     assert_eq!(handle.overflowed(), 2);
-    // At 1,203 s "bad" is forgiven: evicted to make room for a newcomer.
+    // At 1,265 s "bad" is down to level 1: evicted to make room for a newcomer.
     advance(Duration::from_secs(2)).await;
     send(&svc, "later").await.unwrap();
     assert_eq!(
@@ -92,6 +99,50 @@ async fn an_offence_level_survives_a_flush_of_the_key_map() {
         "\"later\" got the bucket \"bad\" left"
     );
     assert_eq!(handle.tracked_tenants(), 1);
+}
+
+/// Item 10, the other side: a bucket at offence level 1 does not hold its place in the map. A flood of
+/// one-violation tenants (burst + 1 requests from each of `max_keys` ids) must not pin the whole map for
+/// `decay` (here a day) and push every new tenant into the shared overflow bucket: once the flood's
+/// buckets are full and idle, newcomers get buckets of their own.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_first_offences_does_not_pin_the_key_map() {
+    const MAX_KEYS: usize = 8;
+    let layer = RateLimitLayer::builder(key())
+        .default_rate(Rate::per_second(1).burst(1))
+        .penalty(
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            Duration::from_secs(86_400),
+        )
+        .max_keys(MAX_KEYS)
+        .idle_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = service(layer);
+    for i in 0..MAX_KEYS {
+        let id = format!("flood-{i}");
+        send(&svc, &id).await.unwrap();
+        let err = send(&svc, &id).await.unwrap_err(); // one violation: level 1
+        assert_eq!(limited(&err).retry_after, Duration::from_secs(1));
+    }
+    assert_eq!(handle.tracked_tenants(), MAX_KEYS);
+    assert_eq!(handle.overflowed(), 0);
+    // Two seconds later every flood bucket is full again and idle; its level 1 adds nothing to any
+    // decision yet. Newcomers get buckets of their own.
+    advance(Duration::from_secs(2)).await;
+    for i in 0..MAX_KEYS {
+        send(&svc, &format!("legit-{i}")).await.unwrap();
+    }
+    // (Before level 1 stopped holding a bucket, the second newcomer here was refused: it shared the
+    // overflow bucket with the first.)
+    assert_eq!(
+        handle.overflowed(),
+        0,
+        "first offenders pinned the key map: newcomers were sent to the overflow bucket"
+    );
+    assert_eq!(handle.tracked_tenants(), MAX_KEYS);
 }
 
 /// Item 12: with the key map full, a check for a newcomer looks at the overflow bucket its request

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use palisade_core::deadline::Scope;
 use palisade_core::error::{BoxError, Elapsed};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -21,9 +22,11 @@ pin_project! {
     /// When the budget runs out, the inner future is dropped at once, before `Elapsed` is returned. If
     /// the budget was the layer's own (not lowered by a caller's `grpc-timeout` or deadline header, nor
     /// by an earlier [`Deadline`](palisade_core::deadline::Deadline)), it is dropped inside
-    /// [`palisade_core::deadline::expire`], so that a circuit breaker below counts the call it cuts off
-    /// as a timeout failure; a caller who asked for less than the server allows gets `Elapsed` without
-    /// charging the server's breaker.
+    /// [`Scope::expire`](palisade_core::deadline::Scope::expire) of this request's scope (the inner
+    /// service is called, and the inner future polled, inside [`Scope::enter`]), so that a circuit breaker
+    /// below counts the call it cuts off as a timeout failure — and a breaker of another stack that lives
+    /// inside the dropped work, under a timeout of its own, does not. A caller who asked for less than the
+    /// server allows gets `Elapsed` without charging the server's breaker.
     ///
     /// Dropping this future drops the inner future and the timer with it.
     #[derive(Debug)]
@@ -46,6 +49,8 @@ pin_project! {
             budget: Duration,
             // The budget is the layer's own, not a caller's shorter deadline.
             own: bool,
+            // What the work below is created and polled under.
+            scope: Scope,
         },
         // The budget ran out: the inner future has been dropped.
         TimedOut { budget: Duration },
@@ -70,14 +75,15 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    /// A future running `inner` under `budget`; the timer is not armed yet.
-    pub(crate) fn new(inner: F, budget: Duration, own: bool) -> Self {
+    /// A future running `inner` (called under `scope`) under `budget`; the timer is not armed yet.
+    pub(crate) fn new(inner: F, budget: Duration, own: bool, scope: Scope) -> Self {
         ResponseFuture {
             kind: Kind::Running {
                 inner,
                 timer: Timer::Idle,
                 budget,
                 own,
+                scope,
             },
         }
     }
@@ -112,17 +118,18 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
-        let (inner, mut timer, budget, own) = match kind.as_mut().project() {
+        let (inner, mut timer, budget, own, scope) = match kind.as_mut().project() {
             KindProj::Running {
                 inner,
                 timer,
                 budget,
                 own,
-            } => (inner, timer, *budget, *own),
+                scope,
+            } => (inner, timer, *budget, *own, *scope),
             KindProj::TimedOut { budget } => return Poll::Ready(Err(Elapsed::new(*budget).into())),
             KindProj::Expired => return Poll::Ready(Err(elapsed(Duration::ZERO))),
         };
-        if let Poll::Ready(out) = inner.poll(cx) {
+        if let Poll::Ready(out) = scope.enter(|| inner.poll(cx)) {
             return Poll::Ready(out.map_err(Into::into));
         }
         if let TimerProj::Idle = timer.as_mut().project() {
@@ -133,7 +140,7 @@ where
         }
         if let TimerProj::Armed { sleep } = timer.project() {
             if sleep.poll(cx).is_ready() {
-                time_out(kind, budget, own);
+                time_out(kind, budget, own, scope);
                 return Poll::Ready(Err(elapsed(budget)));
             }
         }
@@ -142,11 +149,11 @@ where
 }
 
 /// Drops the inner future now that the budget has run out: inside
-/// [`expire`](palisade_core::deadline::expire) when the budget was the layer's own.
+/// [`Scope::expire`] when the budget was the layer's own.
 #[cold]
-fn time_out<F>(mut kind: Pin<&mut Kind<F>>, budget: Duration, own: bool) {
+fn time_out<F>(mut kind: Pin<&mut Kind<F>>, budget: Duration, own: bool, scope: Scope) {
     if own {
-        palisade_core::deadline::expire(|| kind.set(Kind::TimedOut { budget }));
+        scope.expire(|| kind.set(Kind::TimedOut { budget }));
     } else {
         kind.set(Kind::TimedOut { budget });
     }
@@ -189,6 +196,7 @@ mod tests {
             std::future::ready(Ok::<_, BoxError>(1)),
             Duration::from_secs(1),
             true,
+            Scope::new(),
         ));
         assert!(!fut.is_armed());
         assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
@@ -202,6 +210,7 @@ mod tests {
             PendingOnce(false),
             Duration::from_secs(1),
             true,
+            Scope::new(),
         ));
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert!(fut.is_armed());

@@ -18,7 +18,7 @@
 //!   applies); parsing never panics or overflows (see [`headers`]).
 //! - **Cancellation.** Dropping the response future drops the inner future and the timer. When the
 //!   budget runs out, the inner future is dropped at once; if the budget was the layer's own (not a
-//!   caller's shorter deadline), inside [`palisade_core::deadline::expire`], so that a circuit breaker
+//!   caller's shorter deadline), inside [`Scope::expire`](palisade_core::deadline::Scope::expire) of the request's own scope, so that a circuit breaker
 //!   below counts the call as a timeout failure.
 //!
 //! ```

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
+use palisade_core::deadline::Scope;
 use palisade_core::error::BoxError;
 use tower_service::Service;
 
@@ -97,6 +98,8 @@ where
             // deadline already gone): starting work nobody waits for would only add load.
             return ResponseFuture::expired();
         }
-        ResponseFuture::new(self.inner.call(req), budget, own)
+        let scope = Scope::new();
+        let inner = scope.enter(|| self.inner.call(req));
+        ResponseFuture::new(inner, budget, own, scope)
     }
 }
