@@ -64,6 +64,64 @@
 //! An HTTP endpoint answers `200` when [`Report::is_available`] (healthy or degraded) and `503`
 //! otherwise, with [`Report::to_json`] as the body.
 //!
+//! # Tiers
+//!
+//! Every check has a tier, its [`CheckDepth`]: **shallow** (the process itself: fast, no
+//! dependencies; every 5–10 s, under 100 ms), **deep** (its dependencies; every 30–60 s,
+//! 100 ms–5 s) or **comprehensive** (end to end; every 5–15 min, 5–30 s).
+//! [`CheckConfig::for_depth`] gives a check its tier's default interval and timeout. Each check
+//! keeps its own "N failures to fail, M successes to recover"
+//! ([`failure_threshold`](CheckConfig::failure_threshold),
+//! [`success_threshold`](CheckConfig::success_threshold)); a check is *failing* while its component
+//! is `Unhealthy`.
+//!
+//! [`Report::tiers`] (and [`Health::tiers`]) aggregates the failing checks of a report into a
+//! [`TierState`]:
+//!
+//! | failing checks | verdict |
+//! |---|---|
+//! | none | [`TierState::Healthy`] |
+//! | 1–2 shallow | [`TierState::Degraded`] |
+//! | 3 or more shallow, or any deep | [`TierState::Unhealthy`] |
+//! | any comprehensive | [`TierState::Critical`] |
+//!
+//! The first row that matches from the bottom wins (a failing comprehensive check is critical
+//! whatever else fails). When a shallow check starts failing (its component turns `Unhealthy`),
+//! every **deep** check of the same [`Health`] runs at once instead of at its next interval, so
+//! the verdict learns quickly whether a dependency is the cause; a woken check's next run is an
+//! interval after that one. (A deep check whose run is already in progress is not run again.)
+//! Wake-ups are rate limited, so that a shallow check flapping between failing and passing does not
+//! hammer the dependencies: a woken run starts no sooner than `max(interval / 4, timeout)` (at most
+//! the interval) after the deep check's previous run started — a wake-up sooner than that is
+//! deferred to then, and the wake-ups meanwhile coalesce into that one run. A deep check therefore
+//! runs at most about four times as often as its interval says, however fast the shallow one flaps.
+//!
+//! The tier verdict is **beside** the liveness and readiness status, not in it: [`HealthState`]
+//! has no "critical", `/healthz` and `/readyz` answer `200` or `503` exactly as before, and their
+//! verbose JSON shows the tiers of their own checks.
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade_core::health::{CheckConfig, CheckDepth, ComponentKind, Health, TierState};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let health = Health::new();
+//! let _loop = health.add_check("event_loop", ComponentKind::Liveness,
+//!     CheckConfig::shallow().failure_threshold(1), || async { Err::<(), _>("stalled") })?;
+//! let _db = health.add_check("db", ComponentKind::Readiness,
+//!     CheckConfig::deep(), || async { Ok::<(), std::io::Error>(()) })?;
+//! tokio::time::sleep(Duration::from_millis(1)).await; // let the first runs finish
+//!
+//! let tiers = health.tiers();
+//! assert_eq!(tiers.status(), TierState::Degraded); // one shallow check fails
+//! assert_eq!(tiers.tier(CheckDepth::Shallow).failing(), ["event_loop"]);
+//! assert_eq!(tiers.tier(CheckDepth::Deep).checks(), 1);
+//! assert_eq!(health.readiness().tiers().status(), TierState::Healthy); // only `db` is readiness
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Lifetimes
 //!
 //! - Components never alias: [`Health::register`] on a name that is already registered registers
@@ -134,9 +192,11 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
+use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -237,29 +297,65 @@ impl fmt::Display for ComponentKind {
     }
 }
 
-/// How deep a check looks. Recorded in the report so that an endpoint can show or filter deep
-/// checks; it does not change how a check runs.
+/// How deep a check looks: its *tier*. Recorded in the report, counted by the tier verdict
+/// ([`Report::tiers`]), and it decides one thing about how a check runs: a shallow check that
+/// starts failing (turns its component `Unhealthy`) runs every deep check of its [`Health`] at
+/// once (see [Tiers](self#tiers)).
 ///
-/// By convention, shallow checks test the process itself (an event loop is turning, a pool exists)
-/// and deep checks test its dependencies (the database answers). Deep checks usually belong to
-/// readiness, not liveness: a database outage should not restart every replica. Serializes as
-/// `"shallow"` or `"deep"`.
+/// By convention, shallow checks test the process itself (an event loop is turning, a pool exists),
+/// deep checks test its dependencies (the database answers) and comprehensive checks test the
+/// service end to end (a synthetic order goes through). Deep and comprehensive checks usually
+/// belong to readiness, not liveness: a database outage should not restart every replica.
+/// Serializes as `"shallow"`, `"deep"` or `"comprehensive"`.
+///
+/// Each tier has a recommended cadence, which [`CheckConfig::for_depth`] applies:
+///
+/// | tier | recommended | [`default_interval`](Self::default_interval) | [`default_timeout`](Self::default_timeout) |
+/// |---|---|---|---|
+/// | [`Shallow`](Self::Shallow) | every 5–10 s, under 100 ms | 10 s | 100 ms |
+/// | [`Deep`](Self::Deep) | every 30–60 s, 100 ms–5 s | 30 s | 5 s |
+/// | [`Comprehensive`](Self::Comprehensive) | every 5–15 min, 5–30 s | 10 min | 30 s |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckDepth {
-    /// Tests the process itself.
+    /// Tests the process itself: fast, no dependencies.
     #[default]
     Shallow,
     /// Tests a dependency of the process.
     Deep,
+    /// Tests the service end to end.
+    Comprehensive,
 }
 
 impl CheckDepth {
-    /// The lowercase name, as in JSON: `"shallow"` or `"deep"`.
+    /// Every tier, shallowest first.
+    pub const ALL: [CheckDepth; 3] = [Self::Shallow, Self::Deep, Self::Comprehensive];
+
+    /// The lowercase name, as in JSON: `"shallow"`, `"deep"` or `"comprehensive"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Shallow => "shallow",
             Self::Deep => "deep",
+            Self::Comprehensive => "comprehensive",
+        }
+    }
+
+    /// The tier's default interval between runs: 10 s (shallow), 30 s (deep), 10 min
+    /// (comprehensive).
+    pub const fn default_interval(self) -> Duration {
+        match self {
+            Self::Shallow => Duration::from_secs(10),
+            Self::Deep => Duration::from_secs(30),
+            Self::Comprehensive => Duration::from_secs(600),
+        }
+    }
+
+    /// The tier's default timeout of one run: 100 ms (shallow), 5 s (deep), 30 s (comprehensive).
+    pub const fn default_timeout(self) -> Duration {
+        match self {
+            Self::Shallow => Duration::from_millis(100),
+            Self::Deep => Duration::from_secs(5),
+            Self::Comprehensive => Duration::from_secs(30),
         }
     }
 }
@@ -314,17 +410,37 @@ impl std::error::Error for HealthError {}
 
 /// How a check runs and how its results become a [`HealthState`].
 ///
-/// Built with [`CheckConfig::new`] (or [`Default`]) and chained setters; validated by
-/// [`Health::add_check`] (or [`CheckConfig::validate`]).
+/// Built with [`CheckConfig::new`] (or [`Default`]), or with a tier's preset
+/// ([`CheckConfig::shallow`], [`CheckConfig::deep`], [`CheckConfig::comprehensive`]), and chained
+/// setters; validated by [`Health::add_check`] (or [`CheckConfig::validate`]).
 ///
-/// | setting | default |
-/// |---|---|
-/// | [`depth`](Self::depth) | [`CheckDepth::Shallow`] |
-/// | [`interval`](Self::interval) | 10 s |
-/// | [`timeout`](Self::timeout) | 2 s |
-/// | [`failure_threshold`](Self::failure_threshold) | 3 |
-/// | [`success_threshold`](Self::success_threshold) | 1 |
-/// | [`initial`](Self::initial) | [`HealthState::Healthy`] |
+/// | setting | [`new`](Self::new) | [`for_depth(depth)`](Self::for_depth) |
+/// |---|---|---|
+/// | [`depth`](Self::depth) | [`CheckDepth::Shallow`] | `depth` |
+/// | [`interval`](Self::interval) | 10 s | [`depth.default_interval()`](CheckDepth::default_interval): 10 s, 30 s, 10 min |
+/// | [`timeout`](Self::timeout) | 2 s | [`depth.default_timeout()`](CheckDepth::default_timeout): 100 ms, 5 s, 30 s |
+/// | [`failure_threshold`](Self::failure_threshold) | 3 | 3 |
+/// | [`success_threshold`](Self::success_threshold) | 1 | 1 |
+/// | [`initial`](Self::initial) | [`HealthState::Healthy`] | [`HealthState::Healthy`] |
+///
+/// [`new`](Self::new) keeps the settings it has always had (a shallow check with a 2 s timeout);
+/// [`depth`](Self::depth) changes only the tier, never the interval or timeout. For a tier's
+/// recommended cadence, start from [`for_depth`](Self::for_depth).
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_core::health::{CheckConfig, CheckDepth};
+///
+/// let deep = CheckConfig::deep();
+/// assert_eq!(deep.get_depth(), CheckDepth::Deep);
+/// assert_eq!(deep.get_interval(), Duration::from_secs(30));
+/// assert_eq!(deep.get_timeout(), Duration::from_secs(5));
+///
+/// // `new()` is unchanged: shallow, every 10 s, 2 s timeout.
+/// let plain = CheckConfig::new();
+/// assert_eq!(plain.get_timeout(), Duration::from_secs(2));
+/// assert_eq!(CheckConfig::shallow().get_timeout(), Duration::from_millis(100));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckConfig {
     depth: CheckDepth,
@@ -370,11 +486,65 @@ impl CheckConfig {
         Self::default()
     }
 
-    /// Whether the check is shallow or deep; reported, not acted on.
+    /// A check of tier `depth` at the tier's default interval and timeout
+    /// ([`CheckDepth::default_interval`], [`CheckDepth::default_timeout`]); other settings as
+    /// [`new`](Self::new).
+    pub fn for_depth(depth: CheckDepth) -> Self {
+        Self {
+            depth,
+            interval: depth.default_interval(),
+            timeout: depth.default_timeout(),
+            ..Self::default()
+        }
+    }
+
+    /// [`for_depth(CheckDepth::Shallow)`](Self::for_depth): every 10 s, 100 ms timeout.
+    pub fn shallow() -> Self {
+        Self::for_depth(CheckDepth::Shallow)
+    }
+
+    /// [`for_depth(CheckDepth::Deep)`](Self::for_depth): every 30 s, 5 s timeout.
+    pub fn deep() -> Self {
+        Self::for_depth(CheckDepth::Deep)
+    }
+
+    /// [`for_depth(CheckDepth::Comprehensive)`](Self::for_depth): every 10 min, 30 s timeout.
+    pub fn comprehensive() -> Self {
+        Self::for_depth(CheckDepth::Comprehensive)
+    }
+
+    /// The check's tier. It is reported, counted by [`Report::tiers`], and a deep check is run at
+    /// once when a shallow check of the same [`Health`] starts failing. Changes only the tier: the
+    /// interval and timeout stay as set (see [`for_depth`](Self::for_depth) for a tier's defaults).
     #[must_use]
     pub fn depth(mut self, depth: CheckDepth) -> Self {
         self.depth = depth;
         self
+    }
+
+    /// The tier set by [`depth`](Self::depth).
+    pub fn get_depth(&self) -> CheckDepth {
+        self.depth
+    }
+
+    /// The interval set by [`interval`](Self::interval).
+    pub fn get_interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The timeout set by [`timeout`](Self::timeout).
+    pub fn get_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The threshold set by [`failure_threshold`](Self::failure_threshold).
+    pub fn get_failure_threshold(&self) -> u32 {
+        self.failure_threshold
+    }
+
+    /// The threshold set by [`success_threshold`](Self::success_threshold).
+    pub fn get_success_threshold(&self) -> u32 {
+        self.success_threshold
     }
 
     /// Time between the starts of two runs. The first run starts at once; a run that takes longer
@@ -510,6 +680,9 @@ type Registry = BTreeMap<Cow<'static, str>, Arc<ComponentInner>>;
 #[derive(Default)]
 struct HealthInner {
     components: Mutex<Registry>,
+    /// Wakes every deep check waiting for its next tick (a shallow check started failing). An
+    /// `Arc` of its own, so a waiting check task does not keep the `HealthInner` alive.
+    deep_wake: Arc<Notify>,
 }
 
 impl HealthInner {
@@ -637,9 +810,12 @@ impl ComponentInner {
         }
     }
 
-    /// Applies the outcome of one check run to the thresholds.
-    fn record(&self, outcome: Result<(), String>) {
-        let Some(meta) = &self.check else { return };
+    /// Applies the outcome of one check run to the thresholds. Returns whether this run turned
+    /// the component `Unhealthy` (it was not before).
+    fn record(&self, outcome: Result<(), String>) -> bool {
+        let Some(meta) = &self.check else {
+            return false;
+        };
         let mut failed = None;
         let transition = {
             let mut data = lock(&self.data);
@@ -681,9 +857,13 @@ impl ComponentInner {
                 "health check failed"
             );
         }
+        let became_unhealthy = transition
+            .as_ref()
+            .is_some_and(|t| t.to == HealthState::Unhealthy);
         if let Some(transition) = transition {
             self.emit(transition);
         }
+        became_unhealthy
     }
 
     fn emit(&self, t: Transition) {
@@ -847,7 +1027,8 @@ impl Health {
     /// runtime.
     ///
     /// The component starts in [`CheckConfig::initial`]. The first run starts at once, later runs
-    /// every [`CheckConfig::interval`]. Each run is its own task, so a check that panics or hangs
+    /// every [`CheckConfig::interval`] (and a deep check also whenever a shallow check of this
+    /// `Health` starts failing; see [Tiers](self#tiers)). Each run is its own task, so a check that panics or hangs
     /// (past [`CheckConfig::timeout`]) is a failure and nothing else. The background task holds only
     /// weak references: it ends when the check is stopped, its component is deregistered, or the
     /// last [`Health`] clone is dropped. Dropping the returned [`CheckHandle`] does not stop it.
@@ -873,11 +1054,13 @@ impl Health {
             task: OnceLock::new(),
         };
         let component = self.insert_new(name.into(), kind, Some(meta), config.initial)?;
+        let wake = (config.depth == CheckDepth::Deep).then(|| Arc::clone(&self.inner.deep_wake));
         let task = runtime.spawn(run_check(
             Arc::new(check),
             config,
             Arc::downgrade(&component),
             Arc::downgrade(&self.inner),
+            wake,
         ));
         if let Some(meta) = &component.check {
             // Set once, here, before anyone else can see the component's check.
@@ -906,6 +1089,13 @@ impl Health {
     /// A report of every component, whatever its kind.
     pub fn report(&self) -> Report {
         self.build_report(|_| true)
+    }
+
+    /// The tier verdict over every check, whatever its kind: [`Health::report`]`().tiers()`. For
+    /// the checks of one probe, use [`Health::liveness`]`().tiers()` or
+    /// [`Health::readiness`]`().tiers()`.
+    pub fn tiers(&self) -> TierReport {
+        self.report().tiers()
     }
 
     fn handle(&self, inner: Arc<ComponentInner>) -> Component {
@@ -1165,25 +1355,78 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// The background loop of one check. Holds only weak references to the health state.
+///
+/// `wake` is `Some` for a deep check: a notification runs it at once, or [`wake_spacing`] after its
+/// previous run started if that is later (and its next run is an interval after the woken one). A
+/// shallow check that turns its component unhealthy notifies every deep check.
 async fn run_check<C: Check>(
     check: Arc<C>,
     config: CheckConfig,
     component: Weak<ComponentInner>,
     health: Weak<HealthInner>,
+    wake: Option<Arc<Notify>>,
 ) {
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let spacing = wake_spacing(&config);
+    let mut last_start: Option<Instant> = None;
     loop {
-        ticker.tick().await;
+        match &wake {
+            None => {
+                ticker.tick().await;
+            }
+            Some(wake) => {
+                if next_tick_or_wake(&mut ticker, wake).await {
+                    // Rate limit: no sooner than `spacing` after the previous run started. Wake-ups
+                    // while this waits are not seen: they coalesce into this one deferred run.
+                    if let Some(earliest) = last_start.map(|at| at + spacing) {
+                        tokio::time::sleep_until(earliest).await;
+                    }
+                    // Run now; the next scheduled run is a full interval after this one.
+                    ticker.reset();
+                }
+            }
+        }
         if !still_registered(&component, &health) {
             return;
         }
+        last_start = Some(Instant::now());
         let outcome = run_once(&check, config.timeout).await;
         let Some(component) = component.upgrade() else {
             return;
         };
-        component.record(outcome);
+        let became_unhealthy = component.record(outcome);
+        drop(component);
+        if became_unhealthy && config.depth == CheckDepth::Shallow {
+            if let Some(health) = health.upgrade() {
+                tracing::debug!("shallow health check failing: running deep checks now");
+                health.deep_wake.notify_waiters();
+            }
+        }
     }
+}
+
+/// The least time between the start of a deep check's run and a woken run after it:
+/// `max(interval / 4, timeout)`, at most the interval. A shallow check flapping between failing and
+/// passing wakes the deep checks at every failure; this bounds a woken check to about four times its
+/// scheduled rate (and never starts a run sooner than one run's timeout after the last).
+fn wake_spacing(config: &CheckConfig) -> Duration {
+    (config.interval / 4)
+        .max(config.timeout)
+        .min(config.interval)
+}
+
+/// Waits for the ticker's next tick (`false`) or a wake-up (`true`), whichever comes first.
+async fn next_tick_or_wake(ticker: &mut tokio::time::Interval, wake: &Notify) -> bool {
+    // Registered from its creation: a `notify_waiters` after this line reaches it.
+    let mut notified = std::pin::pin!(wake.notified());
+    std::future::poll_fn(|cx| {
+        if ticker.poll_tick(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        notified.as_mut().poll(cx).map(|()| true)
+    })
+    .await
 }
 
 fn still_registered(component: &Weak<ComponentInner>, health: &Weak<HealthInner>) -> bool {
@@ -1263,6 +1506,13 @@ impl Report {
             .binary_search_by(|component| (*component.name).cmp(name))
             .ok()
             .map(|index| &self.components[index])
+    }
+
+    /// The tier verdict over this report's checks: how many shallow, deep and comprehensive checks
+    /// it has, which of them are failing, and the aggregated [`TierState`] (see
+    /// [Tiers](self#tiers)). Pushed components (those without a check) count in no tier.
+    pub fn tiers(&self) -> TierReport {
+        TierReport::from_components(&self.components)
     }
 
     /// The report as compact JSON.
@@ -1356,6 +1606,161 @@ impl CheckReport {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tiers
+// ---------------------------------------------------------------------------------------------
+
+/// The tier verdict: the health of a service judged by its shallow, deep and comprehensive checks.
+///
+/// Ordered from best to worst (`Healthy < Degraded < Unhealthy < Critical`). It sits beside
+/// [`HealthState`], not in it: the liveness and readiness status (and so `/healthz` and `/readyz`)
+/// keep their meaning, and this is the finer verdict the control plane reads. Serializes as
+/// `"healthy"`, `"degraded"`, `"unhealthy"` or `"critical"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierState {
+    /// Every check passes.
+    #[default]
+    Healthy,
+    /// One or two shallow checks fail.
+    Degraded,
+    /// Three or more shallow checks fail, or a deep check fails.
+    Unhealthy,
+    /// A comprehensive (end-to-end) check fails.
+    Critical,
+}
+
+impl TierState {
+    /// Shallow checks failing at once that make the verdict [`TierState::Unhealthy`]: 3.
+    pub const SHALLOW_FAILURES_UNHEALTHY: usize = 3;
+
+    /// The verdict for these numbers of failing checks per tier (the table in
+    /// [Tiers](self#tiers)):
+    ///
+    /// ```
+    /// use palisade_core::health::TierState;
+    ///
+    /// assert_eq!(TierState::aggregate(0, 0, 0), TierState::Healthy);
+    /// assert_eq!(TierState::aggregate(2, 0, 0), TierState::Degraded);
+    /// assert_eq!(TierState::aggregate(3, 0, 0), TierState::Unhealthy);
+    /// assert_eq!(TierState::aggregate(0, 1, 0), TierState::Unhealthy);
+    /// assert_eq!(TierState::aggregate(0, 0, 1), TierState::Critical);
+    /// ```
+    pub const fn aggregate(
+        shallow_failing: usize,
+        deep_failing: usize,
+        comprehensive_failing: usize,
+    ) -> Self {
+        if comprehensive_failing > 0 {
+            Self::Critical
+        } else if deep_failing > 0 || shallow_failing >= Self::SHALLOW_FAILURES_UNHEALTHY {
+            Self::Unhealthy
+        } else if shallow_failing > 0 {
+            Self::Degraded
+        } else {
+            Self::Healthy
+        }
+    }
+
+    /// The lowercase name, as in JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for TierState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The checks of one tier in a [`TierReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct TierSummary {
+    checks: usize,
+    failing: Vec<Cow<'static, str>>,
+}
+
+impl TierSummary {
+    /// How many checks of this tier the report has.
+    pub fn checks(&self) -> usize {
+        self.checks
+    }
+
+    /// The names of the failing ones (their component is `Unhealthy`), sorted.
+    pub fn failing(&self) -> &[Cow<'static, str>] {
+        &self.failing
+    }
+
+    /// How many are failing.
+    pub fn failing_count(&self) -> usize {
+        self.failing.len()
+    }
+}
+
+/// The tier verdict of a [`Report`], from [`Report::tiers`] or [`Health::tiers`].
+///
+/// Serializes as
+/// `{"status": "degraded", "shallow": {"checks": 2, "failing": ["cache"]}, "deep": {...},
+/// "comprehensive": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct TierReport {
+    status: TierState,
+    shallow: TierSummary,
+    deep: TierSummary,
+    comprehensive: TierSummary,
+}
+
+impl TierReport {
+    fn from_components(components: &[ComponentReport]) -> Self {
+        let mut report = TierReport::default();
+        for component in components {
+            let Some(check) = &component.check else {
+                continue;
+            };
+            let tier = report.tier_mut(check.depth);
+            tier.checks += 1;
+            if component.state == HealthState::Unhealthy {
+                // Components are sorted by name, so each list is too.
+                tier.failing.push(component.name.clone());
+            }
+        }
+        report.status = TierState::aggregate(
+            report.shallow.failing_count(),
+            report.deep.failing_count(),
+            report.comprehensive.failing_count(),
+        );
+        report
+    }
+
+    fn tier_mut(&mut self, depth: CheckDepth) -> &mut TierSummary {
+        match depth {
+            CheckDepth::Shallow => &mut self.shallow,
+            CheckDepth::Deep => &mut self.deep,
+            CheckDepth::Comprehensive => &mut self.comprehensive,
+        }
+    }
+
+    /// The aggregated verdict.
+    pub fn status(&self) -> TierState {
+        self.status
+    }
+
+    /// The checks of one tier.
+    pub fn tier(&self, depth: CheckDepth) -> &TierSummary {
+        match depth {
+            CheckDepth::Shallow => &self.shallow,
+            CheckDepth::Deep => &self.deep,
+            CheckDepth::Comprehensive => &self.comprehensive,
+        }
+    }
+}
+
 fn serialize_rfc3339<S: Serializer>(ms: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&rfc3339_ms(*ms))
 }
@@ -1400,6 +1805,57 @@ mod tests {
         assert_eq!(state(&c).0, HealthState::Unhealthy);
         c.record(Ok(()));
         assert_eq!(state(&c), (HealthState::Healthy, None));
+    }
+
+    /// A shallow check flapping every run (fails, passes, fails …, each failure turning it
+    /// unhealthy) wakes the deep checks every 2 s; each deep check still runs at most once per
+    /// `max(interval / 4, timeout)`, the wake-ups meanwhile coalesced into one deferred run.
+    #[tokio::test(start_paused = true)]
+    async fn health_a_flapping_shallow_check_does_not_hammer_the_deep_checks() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        let t0 = Instant::now();
+        let health = Health::new();
+        let flips = Arc::new(AtomicU32::new(0));
+        let shallow = CheckConfig::shallow()
+            .interval(Duration::from_secs(1))
+            .failure_threshold(1)
+            .success_threshold(1);
+        let _s = health
+            .add_check("event_loop", ComponentKind::Liveness, shallow, move || {
+                let failing = flips.fetch_add(1, Ordering::SeqCst) % 2 == 1;
+                async move {
+                    if failing {
+                        Err("flap".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .unwrap();
+        let deep = |name: &'static str, config: CheckConfig| {
+            let runs = Arc::new(Mutex::new(Vec::new()));
+            let log = Arc::clone(&runs);
+            let handle = health
+                .add_check(name, ComponentKind::Readiness, config, move || {
+                    lock(&log).push(Instant::now().duration_since(t0).as_secs());
+                    async { Ok::<(), String>(()) }
+                })
+                .unwrap();
+            (runs, handle)
+        };
+        // Interval 60 s, timeout 5 s: at most one run per 15 s (interval / 4).
+        let (db, _d) = deep("db", CheckConfig::deep().interval(Duration::from_secs(60)));
+        // Interval 8 s, timeout 5 s: at most one run per 5 s (its timeout).
+        let (cache, _c) = deep(
+            "cache",
+            CheckConfig::deep().interval(Duration::from_secs(8)),
+        );
+        tokio::time::sleep(Duration::from_millis(120_500)).await;
+
+        let every = |step: u64| (0..=120 / step).map(|i| i * step).collect::<Vec<_>>();
+        assert_eq!(*lock(&db), every(15));
+        assert_eq!(*lock(&cache), every(5));
     }
 
     #[test]
