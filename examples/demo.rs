@@ -24,7 +24,8 @@
 //! - `/upstream` calls an in-process upstream service (`GET /quote`) through the client preset —
 //!   total timeout → retry → breaker → per-try timeout → chaos — wrapped in a fallback that serves a
 //!   cached answer (header `x-palisade-fallback: upstream`) when the upstream fails or its breaker is open.
-//! - **Operations** — `/healthz`, `/readyz`, `/palisade/status`, `/metrics` — and **admin** —
+//! - **Operations** — `/healthz`, `/readyz`, `/palisade/status`, `/metrics`, and the dashboard at
+//!   `/palisade/dashboard` (open it in a browser) — and **admin** —
 //!   `/admin/...`, loopback peers only (403 otherwise) — are outside the preset: never rate limited,
 //!   never refused by the gate, so you can always see and undo what you did.
 //!
@@ -71,6 +72,12 @@
 //! curl -s localhost:3000/admin/chaos -d '{"target":"server","kind":"status","status":500,"path_prefix":"/hello","probability":0.5}'
 //! curl -s localhost:3000/admin/chaos                              # the active faults
 //!
+//! # The operations dashboard: every panel live, polling /palisade/dashboard/data each second. Its
+//! # operator actions (gate level, force a breaker) go to /admin/dashboard/actions: loopback only.
+//! xdg-open http://localhost:3000/palisade/dashboard
+//! curl -s -X POST -H 'x-palisade-action: 1' 'localhost:3000/admin/dashboard/actions?action=breaker.force_open&stack=upstream'
+//! curl -s -X POST -H 'x-palisade-action: 1' 'localhost:3000/admin/dashboard/actions?action=breaker.reset&stack=upstream'
+//!
 //! # Metrics (Prometheus text) and the audit log: every state change above, hash-chained and verified.
 //! curl -s localhost:3000/metrics | grep palisade_
 //! curl -s localhost:3000/admin/audit/verify                       # {"verified":true,"records":...}
@@ -82,7 +89,7 @@
 //! Ctrl-C (or SIGTERM) stops it gracefully: it stops accepting, lets in-flight requests finish (up to
 //! 10 s), flushes and verifies the audit log, and exits 0.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::IntoFuture;
@@ -108,7 +115,9 @@ use palisade::fallback::{FallbackLayer, StaticResponse, Trigger};
 use palisade::health::{ComponentKind, Health, HealthState};
 use palisade::idempotency::IdempotencyLayer;
 use palisade::metrics::{Metrics, MetricsEndpoint};
-use palisade::ops::{HealthEndpoint, StatusEndpoint, StatusRegistry};
+use palisade::ops::{
+    AuditTail, Dashboard, HealthEndpoint, RefusedTenants, StatusEndpoint, StatusRegistry,
+};
 use palisade::rescue::RescueLayer;
 use palisade::stack::Handles;
 use palisade::BoxError;
@@ -381,6 +390,8 @@ fn upstream_service() -> Router {
 struct AuditLog {
     dir: PathBuf,
     key: AuditKey,
+    /// The latest records and the running verification, for the dashboard.
+    tail: AuditTail,
 }
 
 /// Which chaos layer a fault goes to.
@@ -437,6 +448,23 @@ impl Admin {
             Target::Server => self.server_chaos.as_ref(),
         }
     }
+}
+
+/// Counts the tenant of every `429` the stack answered (the header's value, `anonymous` without one).
+async fn count_refusals(
+    State(refused): State<RefusedTenants>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let tenant = req.headers().get(TENANT_HEADER).cloned();
+    let res = next.run(req).await;
+    if res.status() == StatusCode::TOO_MANY_REQUESTS {
+        match tenant {
+            Some(t) => refused.record(&String::from_utf8_lossy(t.as_bytes())),
+            None => refused.record("anonymous"),
+        }
+    }
+    res
 }
 
 /// Admin endpoints answer loopback peers only.
@@ -802,12 +830,13 @@ async fn open_audit(health: &Health) -> Result<(Audit, AuditLog), Fatal> {
                 ))
             })?;
     let key = AuditKey::generate();
+    let tail = AuditTail::new(50, Some(key.clone()));
     let audit = Audit::builder()
         .key(key.clone())
-        .sink(sink)
+        .sink(tail.tee(sink))
         .build()
         .map_err(|e| runtime(format!("cannot start the audit log: {e}")))?;
-    Ok((audit, AuditLog { dir, key }))
+    Ok((audit, AuditLog { dir, key, tail }))
 }
 
 /// Prints the layers of a stack from its handles.
@@ -904,6 +933,58 @@ async fn shutdown_signal() -> &'static str {
         name = ctrl_c => name,
         name = term => name,
     }
+}
+
+/// The latest verdict of each configured detector, by detector name.
+type Verdicts = Arc<Mutex<BTreeMap<String, Value>>>;
+
+/// Starts the task that feeds `[heal.detectors]` once a second: the recorders' samples over the
+/// detection window, and the server stack's layer gauges (`breaker.server.state`, ...).
+fn watch_signals(
+    config: &Config,
+    recorders: &palisade::heal::signals::Recorders,
+    server: &Handles,
+) -> Result<Verdicts, Fatal> {
+    let mut detectors = config
+        .detectors()
+        .map_err(|e| usage(format!("bad config {}: {e}", config.origin())))?;
+    let gauges = server
+        .signals("server")
+        .map_err(|e| usage(format!("layer signals: {e}")))?;
+    let window = config.detect_window();
+    let verdicts = Verdicts::default();
+    let out = verdicts.clone();
+    let recorders = recorders.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = tokio::time::Instant::now();
+            let mut samples: BTreeMap<String, palisade::heal::signals::Sample> =
+                palisade::heal::signals::recorder_samples(&recorders, window, now)
+                    .into_iter()
+                    .collect();
+            samples.extend(gauges.read_all(now).map(|(n, s)| (n.to_owned(), s)));
+            let mut latest = out.lock().unwrap_or_else(|e| e.into_inner());
+            for d in &mut detectors {
+                if let Some(sample) = samples.get(&d.signal) {
+                    let verdict = d.detector.observe(*sample);
+                    let status = format!("{:?}", verdict.status);
+                    let changed = latest
+                        .get(&d.name)
+                        .is_none_or(|v| v["status"].as_str() != Some(status.as_str()));
+                    if changed && verdict.status != palisade::heal::detect::Status::Warming {
+                        println!("heal: {} is {status}: {verdict}", d.name);
+                    }
+                    latest.insert(
+                        d.name.clone(),
+                        json!({ "status": format!("{:?}", verdict.status), "verdict": verdict.to_string() }),
+                    );
+                }
+            }
+        }
+    });
+    Ok(verdicts)
 }
 
 async fn run(args: Args) -> Result<(), Fatal> {
@@ -1012,27 +1093,78 @@ async fn run(args: Args) -> Result<(), Fatal> {
         orders: Arc::new(AtomicU64::new(0)),
         upstream: upstream_call,
     };
+    let refused = RefusedTenants::new(64);
+    // Each route's latency and outcomes (palisade::heal), inside the preset: what the handler did, not
+    // what the stack refused. The signals are `<route>.p99` etc. for `[heal.detectors]`.
+    let recorders = config
+        .recorders()
+        .map_err(|e| usage(format!("bad config {}: {e}", config.origin())))?;
+    let rec = |name: &str| {
+        ServiceBuilder::new().layer(RescueLayer::new()).layer(
+            recorders
+                .layer(name)
+                .expect("a handful of routes fit the registry"),
+        )
+    };
     let api = Router::new()
-        .route("/hello", get(hello))
-        .route("/orders", post(create_order))
+        .route("/hello", get(hello).layer(rec("GET /hello")))
+        .route("/orders", post(create_order).layer(rec("POST /orders")))
         .route_layer(
             ServiceBuilder::new()
                 .layer(RescueLayer::new())
                 .layer(idempotency),
         )
-        .route("/orders/count", get(order_count))
-        .route("/slow", get(slow))
-        .route("/upstream", get(upstream))
+        .route(
+            "/orders/count",
+            get(order_count).layer(rec("GET /orders/count")),
+        )
+        .route("/slow", get(slow).layer(rec("GET /slow")))
+        .route("/upstream", get(upstream).layer(rec("GET /upstream")))
         .with_state(app)
-        .layer(stack);
+        .layer(stack)
+        // Outside the stack: every 429 it answered, by tenant, for the dashboard's top refused tenants.
+        .layer(middleware::from_fn_with_state(
+            refused.clone(),
+            count_refusals,
+        ));
 
     let metrics = Metrics::new();
     metrics
         .register("server", &server)
-        .register("upstream", &upstream_handles);
+        .register("upstream", &upstream_handles)
+        .register_recorders("server", &recorders);
     let registry = StatusRegistry::new();
     server.register_status(&registry, "server.");
     upstream_handles.register_status(&registry, "upstream.");
+    registry.register("server.latency", recorders.clone());
+    // The detectors of `[heal.detectors]`, fed once a second from the recorders and the layers' gauges;
+    // their latest verdicts are in the status (the supervisor that acts on them is not built yet).
+    let verdicts = watch_signals(config, &recorders, &server)?;
+    registry.register("heal.detectors", {
+        let verdicts = verdicts.clone();
+        move || json!(*verdicts.lock().unwrap_or_else(|e| e.into_inner()))
+    });
+    // The dashboard reads the same handles; its operator actions are mounted with the admin routes.
+    let dashboard = Dashboard::builder()
+        .title("palisade demo")
+        .health(&health)
+        .stack("server", &server)
+        .stack("upstream", &upstream_handles)
+        .status(registry.clone())
+        .refused_tenants(refused)
+        .latency(recorders.clone())
+        .audit_tail(log.tail.clone())
+        .actions_url("/admin/dashboard/actions")
+        .build();
+    // The histories fill whether or not anyone watches: one sample a second.
+    let sampler = dashboard.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            sampler.sample();
+        }
+    });
     let ops = Router::new()
         .route_service("/healthz", HealthEndpoint::liveness(&health))
         .route_service(
@@ -1040,6 +1172,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
             HealthEndpoint::readiness(&health).fail_when(HealthState::Degraded),
         )
         .route_service("/palisade/status", StatusEndpoint::new(registry))
+        .route_service("/palisade/dashboard", dashboard.clone())
+        .route_service("/palisade/dashboard/data", dashboard.clone())
         .route_service("/metrics", MetricsEndpoint::new(metrics));
 
     let admin = Admin {
@@ -1067,6 +1201,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .route("/admin/chaos/{id}", delete(admin_chaos_remove))
         .route("/admin/audit/verify", get(admin_audit_verify))
         .route("/admin/reload", post(admin_reload))
+        .route_service("/admin/dashboard/actions", dashboard.actions())
         .with_state(admin)
         .layer(middleware::from_fn(loopback_only));
 
@@ -1084,9 +1219,10 @@ async fn run(args: Args) -> Result<(), Fatal> {
         log.key.fingerprint()
     );
     println!(
-        "admin (loopback only): /admin/degrade /admin/chaos /admin/audit/verify /admin/reload"
+        "admin (loopback only): /admin/degrade /admin/chaos /admin/audit/verify /admin/reload /admin/dashboard/actions"
     );
     println!("ops: /healthz /readyz /palisade/status /metrics");
+    println!("dashboard: http://{local}/palisade/dashboard");
     println!("listening on http://{local}");
     audit.record(AuditEvent::new("demo.started").detail("addr", local.to_string()));
 

@@ -45,6 +45,9 @@ pub mod stack;
 
 pub use palisade_core::{audit, classify, error, grpc, health, key, rng, BoxError, Rejection};
 
+/// The adaptive concurrency limit: [`palisade_adaptive`].
+#[cfg(feature = "adaptive")]
+pub use palisade_adaptive as adaptive;
 /// The circuit breaker layer: [`palisade_breaker`].
 #[cfg(feature = "breaker")]
 pub use palisade_breaker as breaker;
@@ -60,6 +63,12 @@ pub use palisade_degrade as degrade;
 /// The fallback layer: [`palisade_fallback`].
 #[cfg(feature = "fallback")]
 pub use palisade_fallback as fallback;
+/// The control plane's signals and anomaly detectors: [`palisade_heal`].
+#[cfg(feature = "heal")]
+pub use palisade_heal as heal;
+/// Hedged requests: [`palisade_hedge`].
+#[cfg(feature = "hedge")]
+pub use palisade_hedge as hedge;
 /// The Idempotency-Key layer: [`palisade_idempotency`].
 #[cfg(feature = "idempotency")]
 pub use palisade_idempotency as idempotency;

@@ -6,7 +6,8 @@
 //! - [`render_prometheus`](Metrics::render_prometheus) writes the Prometheus text exposition format
 //!   (version 0.0.4) with `# HELP` and `# TYPE` lines — serve it with [`MetricsEndpoint`];
 //! - [`publish`](Metrics::publish) hands the same values to the [`metrics`] facade (counters as
-//!   absolute values, gauges set), for whatever exporter the application installed. Call it from a
+//!   absolute values, gauges set; the facade has no summary, so a summary's quantiles, `_sum` and
+//!   `_count` are gauges), for whatever exporter the application installed. Call it from a
 //!   timer or just before the exporter is scraped.
 //!
 //! Every sample carries a `stack` label: the name given to [`register`](Metrics::register)
@@ -60,6 +61,11 @@
 //! | `palisade_bulkhead_saturated` | gauge | `stack` | 1 while the bulkhead is saturated (its health component is degraded), else 0. |
 //! | `palisade_bulkhead_tenants` | gauge | `stack` | Tenant keys a keyed bulkhead tracks (0 for an unkeyed one). |
 //! | `palisade_bulkhead_overflowed_total` | counter | `stack` | Requests of new tenant keys sent to the shared overflow tenant because the key map was full. |
+//! | `palisade_adaptive_limit` | gauge | `stack` | The adaptive concurrency limit now (it follows the backend's latency). |
+//! | `palisade_adaptive_in_flight` | gauge | `stack` | Requests holding an adaptive-limit slot now. |
+//! | `palisade_adaptive_rejected_total` | counter | `stack` | Requests the adaptive limit refused (503) because the limit was reached. |
+//! | `palisade_adaptive_drops_total` | counter | `stack` | Drop signals the limit backed off on: calls that timed out or failed (and cancelled ones, if so configured). |
+//! | `palisade_adaptive_limiting` | gauge | `stack` | 1 while the adaptive limit is refusing requests (its health component is degraded), else 0. |
 //! | `palisade_timeout_seconds` | gauge | `stack` | The configured request timeout (server) or total timeout (client), in seconds. |
 //! | `palisade_timeout_per_try_seconds` | gauge | `stack` | The configured per-attempt timeout (client), in seconds. |
 //! | `palisade_fallback_triggered_total` | counter | `stack` | Outcomes of the inner service that fired the fallback's trigger. |
@@ -85,6 +91,13 @@
 //! | `palisade_retry_gave_up_total` | counter | `stack` | Requests that failed on their last allowed attempt. |
 //! | `palisade_retry_body_too_large_total` | counter | `stack` | Retryable requests sent once because their body was over the buffer limit. |
 //! | `palisade_retry_budget_exhausted` | gauge | `stack` | 1 if the budget refused the latest retry it was asked for, else 0. |
+//! | `palisade_hedge_requests_total` | counter | `stack` | Requests the hedge layer received, hedgeable or not. |
+//! | `palisade_hedge_hedges_total` | counter | `stack` | Hedges sent (attempts after the first). |
+//! | `palisade_hedge_wins_total` | counter | `stack` | Requests answered by a hedge rather than by their first attempt. |
+//! | `palisade_hedge_cancelled_total` | counter | `stack` | Attempts still in flight dropped because another attempt answered first. |
+//! | `palisade_hedge_budget_refused_total` | counter | `stack` | Hedges not sent because the hedge budget was spent. |
+//! | `palisade_hedge_suppressed_total` | counter | `stack` | Hedges not sent because the stack's breaker was not closed (or another `may_hedge` signal said no). |
+//! | `palisade_hedge_budget_exhausted` | gauge | `stack` | 1 if the hedge budget refused the latest hedge it was asked for, else 0. |
 //! | `palisade_idempotency_executed_total` | counter | `stack`, `layer` | Keyed requests that claimed their key and ran the handler (registered with [`register_idempotency`](Metrics::register_idempotency); `layer` is the layer's name). |
 //! | `palisade_idempotency_replayed_total` | counter | `stack`, `layer` | Responses replayed from the idempotency store. |
 //! | `palisade_idempotency_conflicts_total` | counter | `stack`, `layer` | Requests refused with 409: their key's first request was still in flight. |
@@ -93,6 +106,9 @@
 //! | `palisade_idempotency_not_stored_total` | counter | `stack`, `layer` | Responses delivered but too large to store: their keys cannot be replayed. |
 //! | `palisade_idempotency_abandoned_total` | counter | `stack`, `layer` | Keyed requests abandoned (cancelled, or the handler panicked) after the handler started. |
 //! | `palisade_idempotency_store_full_total` | counter | `stack`, `layer` | Requests refused with 503 because the idempotency store had no room for a new key. |
+//! | `palisade_requests_total` | counter | `stack`, `signal` | Calls with a known outcome (successes and failures) through a latency recorder (registered with [`register_recorders`](Metrics::register_recorders); `signal` is the recorder's name). Calls counted apart as ignored (palisade's local refusals, cancellations) are not in it. |
+//! | `palisade_request_errors_total` | counter | `stack`, `signal` | Failures among them, as the recorder's classifier judged them (default: an error, HTTP 5xx, a gRPC server-error code). |
+//! | `palisade_latency_seconds` | summary | `stack`, `signal`, `quantile` | Latency from the call to the response head: the 0.5, 0.95 and 0.99 quantiles over the recorder's 1-minute window (its longest window if it has no 1-minute one), each within the sketch's relative accuracy (1 % by default); no quantile sample while the window is empty. `_count` and `_sum` are lifetime totals (`_count` equals `palisade_requests_total`; `_sum` adds latencies rounded down to microseconds). |
 //! | `palisade_audit_records_total` | counter | `stack` | Audit records the sink acknowledged (only with an enabled audit log). |
 //! | `palisade_audit_dropped_total` | counter | `stack` | Audit events that were not appended (queue full, writer stopped, failed batch). |
 //! | `palisade_audit_failed` | gauge | `stack` | 1 once the audit writer has stopped because its sink failed, else 0. |
@@ -127,7 +143,21 @@ pub struct Metrics {
     stacks: Arc<RwLock<Vec<Registered>>>,
     #[cfg(feature = "idempotency")]
     idempotency: Arc<RwLock<Vec<RegisteredIdempotency>>>,
+    #[cfg(feature = "heal")]
+    recorders: Arc<RwLock<Vec<RegisteredRecorders>>>,
 }
+
+/// A registered recorder registry: the `stack` label's value and the registry.
+#[cfg(feature = "heal")]
+type RegisteredRecorders = (Arc<str>, palisade_heal::signals::recorder::Recorders);
+
+/// The quantiles `palisade_latency_seconds` reports, with their label values.
+#[cfg(feature = "heal")]
+const LATENCY_QUANTILES: [(f64, &str); 3] = [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")];
+
+/// The window `palisade_latency_seconds` reports, when the recorders have it.
+#[cfg(feature = "heal")]
+const LATENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A registered stack: the `stack` label's value and its handles.
 type Registered = (Arc<str>, Handles);
@@ -181,6 +211,60 @@ impl Metrics {
         self
     }
 
+    /// Registers the latency recorders of a stack under `stack`: each recorder's request and error
+    /// totals and its latency summary (see the [table](self#the-metrics)), labelled by `signal`, the
+    /// recorder's name. Recorders added to the registry later are reported too. Registering a
+    /// registry again under the same name replaces it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade::heal::signals::recorder::{RecorderConfig, Recorders};
+    /// use palisade::metrics::Metrics;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let recorders = Recorders::new(RecorderConfig::default());
+    /// let orders = recorders.recorder("GET /orders").unwrap();
+    /// for ms in 1..=100 {
+    ///     orders.record_success(Duration::from_millis(ms));
+    /// }
+    /// orders.record_failure(Duration::from_millis(250));
+    ///
+    /// let metrics = Metrics::new();
+    /// metrics.register_recorders("server", &recorders);
+    /// let text = metrics.render_prometheus();
+    /// assert!(text.contains("palisade_requests_total{stack=\"server\",signal=\"GET /orders\"} 101\n"));
+    /// assert!(text.contains("palisade_request_errors_total{stack=\"server\",signal=\"GET /orders\"} 1\n"));
+    /// assert!(text.contains("# TYPE palisade_latency_seconds summary\n"));
+    /// let p99: f64 = text
+    ///     .lines()
+    ///     .find_map(|l| {
+    ///         l.strip_prefix(r#"palisade_latency_seconds{stack="server",signal="GET /orders",quantile="0.99"} "#)
+    ///     })
+    ///     .unwrap()
+    ///     .parse()
+    ///     .unwrap();
+    /// // The exact p99 (rank ⌊0.99 × 100⌋ of the 101 latencies) is 100 ms; the sketch is within 1 %.
+    /// assert!((p99 - 0.100).abs() <= 0.01 * 0.100);
+    /// assert!(text.contains("palisade_latency_seconds_count{stack=\"server\",signal=\"GET /orders\"} 101\n"));
+    /// # }
+    /// ```
+    #[cfg(feature = "heal")]
+    pub fn register_recorders(
+        &self,
+        stack: &str,
+        recorders: &palisade_heal::signals::recorder::Recorders,
+    ) -> &Self {
+        let mut registered = self
+            .recorders
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match registered.iter_mut().find(|(name, _)| &**name == stack) {
+            Some(entry) => entry.1 = recorders.clone(),
+            None => registered.push((Arc::from(stack), recorders.clone())),
+        }
+        self
+    }
+
     /// Every metric of every registered stack, as Prometheus text exposition format 0.0.4 (serve it
     /// with [`CONTENT_TYPE`]): for each metric, a `# HELP` and a `# TYPE` line, then its samples.
     pub fn render_prometheus(&self) -> String {
@@ -197,9 +281,11 @@ impl Metrics {
             out.push_str(match metric.kind() {
                 Kind::Counter => " counter\n",
                 Kind::Gauge => " gauge\n",
+                Kind::Summary => " summary\n",
             });
             for s in group {
                 out.push_str(metric.name());
+                out.push_str(s.suffix);
                 out.push_str("{stack=\"");
                 escape_label_value(&mut out, &s.stack);
                 out.push('"');
@@ -208,6 +294,11 @@ impl Metrics {
                     out.push_str(name);
                     out.push_str("=\"");
                     escape_label_value(&mut out, value);
+                    out.push('"');
+                }
+                if let Some(q) = s.quantile {
+                    out.push_str(",quantile=\"");
+                    out.push_str(q);
                     out.push('"');
                 }
                 out.push_str("} ");
@@ -235,16 +326,23 @@ impl Metrics {
                 let help = ::metrics::SharedString::const_str(metric.help());
                 match metric.kind() {
                     Kind::Counter => recorder.describe_counter(name, None, help),
-                    Kind::Gauge => recorder.describe_gauge(name, None, help),
+                    Kind::Gauge | Kind::Summary => recorder.describe_gauge(name, None, help),
                 }
             }
             for s in samples {
-                let mut labels = Vec::with_capacity(2);
+                let mut labels = Vec::with_capacity(3);
                 labels.push(::metrics::Label::new("stack", s.stack.to_string()));
                 if let Some((name, value)) = s.label {
                     labels.push(::metrics::Label::new(name, value));
                 }
-                let key = ::metrics::Key::from_parts(s.metric.name(), labels);
+                if let Some(q) = s.quantile {
+                    labels.push(::metrics::Label::new("quantile", q));
+                }
+                let key = if s.suffix.is_empty() {
+                    ::metrics::Key::from_parts(s.metric.name(), labels)
+                } else {
+                    ::metrics::Key::from_parts(format!("{}{}", s.metric.name(), s.suffix), labels)
+                };
                 match (s.metric.kind(), s.value) {
                     (Kind::Counter, Value::Int(v)) => {
                         recorder.register_counter(&key, &METADATA).absolute(v);
@@ -255,7 +353,10 @@ impl Metrics {
                             .register_counter(&key, &METADATA)
                             .absolute(v as u64);
                     }
-                    (Kind::Gauge, v) => recorder.register_gauge(&key, &METADATA).set(v.as_f64()),
+                    // The facade has no summary: its quantiles, `_sum` and `_count` are gauges.
+                    (Kind::Gauge | Kind::Summary, v) => {
+                        recorder.register_gauge(&key, &METADATA).set(v.as_f64())
+                    }
                 }
             }
         });
@@ -288,17 +389,34 @@ impl Metrics {
                 c.idempotency(handle);
             }
         }
+        #[cfg(feature = "heal")]
+        {
+            let registries = self
+                .recorders
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (name, recorders) in registries.iter() {
+                let mut c = Collector {
+                    stack: name,
+                    out: &mut out,
+                };
+                c.recorders(recorders);
+            }
+        }
         out.sort_by_key(|s| s.metric);
         out
     }
 }
 
-/// One sample: a metric, its labels (`stack`, and at most one more) and its value.
+/// One sample: a metric (and a suffix of its name: a summary's `_sum` and `_count`), its labels
+/// (`stack`, at most one more, and a summary's `quantile`) and its value.
 #[derive(Debug)]
 struct Sample {
     metric: Metric,
+    suffix: &'static str,
     stack: Arc<str>,
     label: Option<(&'static str, String)>,
+    quantile: Option<&'static str>,
     value: Value,
 }
 
@@ -370,8 +488,10 @@ impl Collector<'_> {
     fn push(&mut self, metric: Metric, value: impl Into<Value>) {
         self.out.push(Sample {
             metric,
+            suffix: "",
             stack: self.stack.clone(),
             label: None,
+            quantile: None,
             value: value.into(),
         });
     }
@@ -385,10 +505,55 @@ impl Collector<'_> {
     ) {
         self.out.push(Sample {
             metric,
+            suffix: "",
             stack: self.stack.clone(),
             label: Some((label, label_value.into())),
+            quantile: None,
             value: value.into(),
         });
+    }
+
+    #[cfg(feature = "heal")]
+    fn recorders(&mut self, recorders: &palisade_heal::signals::recorder::Recorders) {
+        use Metric as M;
+        for r in recorders.list() {
+            let totals = r.totals();
+            let signal = r.name();
+            self.push_labeled(M::Requests, "signal", signal, totals.requests);
+            self.push_labeled(M::RequestErrors, "signal", signal, totals.errors);
+            let window = if r.windows().contains(&LATENCY_WINDOW) {
+                LATENCY_WINDOW
+            } else {
+                r.windows().last().copied().unwrap_or(LATENCY_WINDOW)
+            };
+            if let Some(w) = r.snapshot(window) {
+                for (q, label) in LATENCY_QUANTILES {
+                    if let Some(v) = w.quantile(q) {
+                        self.out.push(Sample {
+                            metric: M::LatencySeconds,
+                            suffix: "",
+                            stack: self.stack.clone(),
+                            label: Some(("signal", signal.to_owned())),
+                            quantile: Some(label),
+                            value: v.as_secs_f64().into(),
+                        });
+                    }
+                }
+            }
+            for (suffix, value) in [
+                ("_sum", Value::Float(totals.latency_sum.as_secs_f64())),
+                ("_count", Value::Int(totals.requests)),
+            ] {
+                self.out.push(Sample {
+                    metric: M::LatencySeconds,
+                    suffix,
+                    stack: self.stack.clone(),
+                    label: Some(("signal", signal.to_owned())),
+                    quantile: None,
+                    value,
+                });
+            }
+        }
     }
 
     #[cfg(feature = "idempotency")]
@@ -458,6 +623,15 @@ impl Collector<'_> {
             self.push(M::BulkheadOverflowed, b.overflowed());
         }
 
+        #[cfg(feature = "adaptive")]
+        if let Some(a) = h.adaptive() {
+            self.push(M::AdaptiveLimit, a.limit());
+            self.push(M::AdaptiveInFlight, a.in_flight());
+            self.push(M::AdaptiveRejected, a.rejected());
+            self.push(M::AdaptiveDrops, a.drops());
+            self.push(M::AdaptiveLimiting, a.is_limiting());
+        }
+
         if let Some(t) = h.timeout() {
             self.push(M::TimeoutSeconds, t.as_secs_f64());
         }
@@ -520,6 +694,17 @@ impl Collector<'_> {
             self.push(M::RetryBudgetExhausted, r.budget_exhausted());
         }
 
+        #[cfg(feature = "hedge")]
+        if let Some(hg) = h.hedge() {
+            self.push(M::HedgeRequests, hg.requests());
+            self.push(M::HedgeHedges, hg.hedges());
+            self.push(M::HedgeWins, hg.hedge_wins());
+            self.push(M::HedgeCancelled, hg.cancelled());
+            self.push(M::HedgeBudgetRefused, hg.budget_refused());
+            self.push(M::HedgeSuppressed, hg.suppressed());
+            self.push(M::HedgeBudgetExhausted, hg.budget_exhausted());
+        }
+
         let audit = h.audit();
         if audit.is_enabled() {
             self.push(M::AuditRecords, audit.appended_total());
@@ -553,6 +738,7 @@ impl Collector<'_> {
 enum Kind {
     Counter,
     Gauge,
+    Summary,
 }
 
 macro_rules! metrics_table {
@@ -624,6 +810,16 @@ metrics_table! {
         "Tenant keys the bulkhead tracks.";
     BulkheadOverflowed => "palisade_bulkhead_overflowed_total", Counter,
         "Requests of new tenant keys sent to the bulkhead's overflow tenant.";
+    AdaptiveLimit => "palisade_adaptive_limit", Gauge,
+        "The adaptive concurrency limit.";
+    AdaptiveInFlight => "palisade_adaptive_in_flight", Gauge,
+        "Requests holding an adaptive-limit slot.";
+    AdaptiveRejected => "palisade_adaptive_rejected_total", Counter,
+        "Requests the adaptive limit refused.";
+    AdaptiveDrops => "palisade_adaptive_drops_total", Counter,
+        "Timeouts and failures the adaptive limit backed off on.";
+    AdaptiveLimiting => "palisade_adaptive_limiting", Gauge,
+        "1 while the adaptive limit refuses requests, else 0.";
     TimeoutSeconds => "palisade_timeout_seconds", Gauge,
         "The configured request (or total) timeout, in seconds.";
     TimeoutPerTrySeconds => "palisade_timeout_per_try_seconds", Gauge,
@@ -674,6 +870,20 @@ metrics_table! {
         "Retryable requests sent once because their body was too large to buffer.";
     RetryBudgetExhausted => "palisade_retry_budget_exhausted", Gauge,
         "1 if the retry budget refused the latest retry, else 0.";
+    HedgeRequests => "palisade_hedge_requests_total", Counter,
+        "Requests the hedge layer received.";
+    HedgeHedges => "palisade_hedge_hedges_total", Counter,
+        "Hedges sent.";
+    HedgeWins => "palisade_hedge_wins_total", Counter,
+        "Requests answered by a hedge.";
+    HedgeCancelled => "palisade_hedge_cancelled_total", Counter,
+        "Attempts dropped because another attempt answered first.";
+    HedgeBudgetRefused => "palisade_hedge_budget_refused_total", Counter,
+        "Hedges refused because the hedge budget was spent.";
+    HedgeSuppressed => "palisade_hedge_suppressed_total", Counter,
+        "Hedges not sent because the may-hedge signal (the breaker) said no.";
+    HedgeBudgetExhausted => "palisade_hedge_budget_exhausted", Gauge,
+        "1 if the hedge budget refused the latest hedge, else 0.";
     IdempotencyExecuted => "palisade_idempotency_executed_total", Counter,
         "Keyed requests that claimed their idempotency key and ran the handler.";
     IdempotencyReplayed => "palisade_idempotency_replayed_total", Counter,
@@ -690,6 +900,12 @@ metrics_table! {
         "Keyed requests abandoned after the handler started.";
     IdempotencyStoreFull => "palisade_idempotency_store_full_total", Counter,
         "Requests refused with 503: the idempotency store had no room for a new key.";
+    Requests => "palisade_requests_total", Counter,
+        "Calls with a known outcome through a latency recorder.";
+    RequestErrors => "palisade_request_errors_total", Counter,
+        "Failures among the calls through a latency recorder.";
+    LatencySeconds => "palisade_latency_seconds", Summary,
+        "Latency to the response head: quantiles over the recorder's 1-minute window; lifetime sum and count.";
     AuditRecords => "palisade_audit_records_total", Counter,
         "Audit records the sink acknowledged.";
     AuditDropped => "palisade_audit_dropped_total", Counter,
@@ -822,14 +1038,20 @@ mod tests {
                 let kind = match metric.kind() {
                     Kind::Counter => "counter",
                     Kind::Gauge => "gauge",
+                    Kind::Summary => "summary",
                 };
                 assert_eq!(ty, format!("# TYPE {name} {kind}"));
                 current = Some(metric);
             } else {
                 let metric = current.expect("a sample after HELP and TYPE");
                 let (series, value) = line.rsplit_once(' ').expect("name{labels} value");
+                let suffixes: &[&str] = match metric.kind() {
+                    Kind::Summary => &["", "_sum", "_count"],
+                    _ => &[""],
+                };
                 assert!(
-                    series.starts_with(&format!("{}{{stack=\"", metric.name())),
+                    suffixes.iter().any(|suffix| series
+                        .starts_with(&format!("{}{suffix}{{stack=\"", metric.name()))),
                     "{line} under {}",
                     metric.name()
                 );
@@ -884,6 +1106,7 @@ mod tests {
             let kind = match m.kind() {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::Summary => "summary",
             };
             assert_eq!(
                 m.name().ends_with("_total"),
@@ -943,6 +1166,71 @@ mod tests {
         assert_eq!(render(f64::NAN), "NaN");
         assert_eq!(render(f64::INFINITY), "+Inf");
         assert_eq!(render(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[cfg(feature = "heal")]
+    #[tokio::test(start_paused = true)]
+    async fn recorders_report_totals_and_a_latency_summary() {
+        use palisade_core::classify::Outcome;
+        use palisade_heal::signals::recorder::{RecorderConfig, Recorders};
+        use std::time::Duration;
+
+        let recorders = Recorders::new(RecorderConfig::default());
+        let orders = recorders.recorder("GET /orders").unwrap();
+        for ms in 1..=100u64 {
+            orders.record_success(Duration::from_millis(ms));
+        }
+        orders.record_failure(Duration::from_millis(500));
+        orders.record(Duration::from_millis(1), Outcome::Ignored);
+        let idle = recorders.recorder("idle \"route\"").unwrap();
+        let metrics = Metrics::new();
+        metrics.register_recorders("server", &recorders);
+        // Registering again replaces: one series each.
+        metrics.register_recorders("server", &recorders);
+        let text = metrics.render_prometheus();
+        check_format(&text);
+        let series = |name: &str, labels: &str| {
+            let s = format!("{name}{{stack=\"server\",signal=\"GET /orders\"{labels}}}");
+            value(&text, &s)
+                .unwrap_or_else(|| panic!("{s}\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(series("palisade_requests_total", ""), "101");
+        assert_eq!(series("palisade_request_errors_total", ""), "1");
+        assert_eq!(series("palisade_latency_seconds_count", ""), "101");
+        let sum: f64 = series("palisade_latency_seconds_sum", "").parse().unwrap();
+        assert!((sum - 5.55).abs() < 1e-9, "{sum}");
+        // Ranks ⌊q × 100⌋ of 1..=100 ms and 500 ms, within 1 %.
+        for (q, want) in [("0.5", 0.051), ("0.95", 0.096), ("0.99", 0.100)] {
+            let got: f64 = series("palisade_latency_seconds", &format!(",quantile=\"{q}\""))
+                .parse()
+                .unwrap();
+            assert!((got - want).abs() <= 0.01 * want, "p{q}: {got} vs {want}");
+        }
+        assert_eq!(text.matches("palisade_requests_total{").count(), 2);
+        assert_eq!(
+            text.matches("# TYPE palisade_latency_seconds summary")
+                .count(),
+            1
+        );
+        // An idle signal has totals but no quantile samples; its name is escaped.
+        assert_eq!(
+            value(
+                &text,
+                r#"palisade_requests_total{stack="server",signal="idle \"route\""}"#
+            ),
+            Some("0")
+        );
+        assert!(!text.contains(r#"signal="idle \"route\"",quantile"#));
+        drop(idle);
+
+        // Past the minute, the quantiles are gone; the totals stay.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let text = metrics.render_prometheus();
+        assert!(!text.contains("quantile="), "{text}");
+        assert!(
+            text.contains("palisade_requests_total{stack=\"server\",signal=\"GET /orders\"} 101\n")
+        );
     }
 
     #[tokio::test]

@@ -6,11 +6,17 @@
 //! - [`HealthEndpoint::liveness`] / [`HealthEndpoint::readiness`]: `200` when the report is available,
 //!   `503` otherwise, with a JSON body listing every component, its state, reason and since-when. Add
 //!   `?verbose` (or `verbose=true`, `verbose=1`) for each component's details (how long it has held
-//!   its state, check counters and last error); `verbose=false` and `verbose=0` leave them out, and
-//!   any other value of `verbose` is a `400` with a JSON error. `HEAD` answers the status without a
-//!   body; other methods get `405`.
+//!   its state, check counters and last error) and a `"tiers"` object: the
+//!   [tier verdict](palisade_core::health#tiers) of the probe's own checks (shallow, deep and
+//!   comprehensive: how many, which fail, and `healthy`, `degraded`, `unhealthy` or `critical`).
+//!   The tiers are information: the status code follows the probe's status as without `?verbose`.
+//!   `verbose=false` and `verbose=0` leave the details out, and any other value of `verbose` is a
+//!   `400` with a JSON error. `HEAD` answers the status without a body; other methods get `405`.
 //! - [`StatusEndpoint`]: `GET` a JSON snapshot of every registered layer handle (breaker states, rate-limit
 //!   rejects per tier, bulkhead usage, gate level, audit head, ...), from a [`StatusRegistry`].
+//! - [`Dashboard`]: the operations dashboard, an HTML page of the stack's live state (health,
+//!   breakers, rate limits, bulkheads, gates, latency, audit) with the JSON it polls; operator
+//!   actions are a separate service, [`DashboardActions`], for the admin listener. See [`dashboard`].
 //!
 //! Readiness reflects the layers because the layers report to the shared `Health`: an open breaker, a
 //! saturated bulkhead or a degradation gate at or above its configured level mark their components
@@ -63,6 +69,10 @@ use palisade_core::audit::Audit;
 use palisade_core::health::{Health, HealthState, Report};
 use serde_json::{json, Value};
 use tower_service::Service;
+
+pub mod dashboard;
+
+pub use dashboard::{AuditTail, Dashboard, DashboardActions, DashboardBuilder, RefusedTenants};
 
 /// The body of the operations endpoints: one complete chunk of JSON (or nothing).
 #[derive(Debug, Default)]
@@ -206,16 +216,21 @@ fn parse_verbose(query: Option<&str>) -> Result<bool, ()> {
     Ok(verbose)
 }
 
-/// The report as JSON; without `verbose`, each component is name, kind, state, reason and since.
+/// The report as JSON; without `verbose`, each component is name, kind, state, reason and since;
+/// with it, each component also has `for_ms` and `check`, and the report has `tiers`.
 fn report_json(report: &Report, verbose: bool) -> Value {
     let mut value =
         serde_json::to_value(report).unwrap_or_else(|_| json!({ "status": report.status() }));
-    if !verbose {
-        if let Some(components) = value.get_mut("components").and_then(Value::as_array_mut) {
-            for c in components.iter_mut().filter_map(Value::as_object_mut) {
-                c.remove("check");
-                c.remove("for_ms");
-            }
+    if verbose {
+        if let (Some(object), Ok(tiers)) =
+            (value.as_object_mut(), serde_json::to_value(report.tiers()))
+        {
+            object.insert("tiers".to_owned(), tiers);
+        }
+    } else if let Some(components) = value.get_mut("components").and_then(Value::as_array_mut) {
+        for c in components.iter_mut().filter_map(Value::as_object_mut) {
+            c.remove("check");
+            c.remove("for_ms");
         }
     }
     value
@@ -359,6 +374,61 @@ impl StatusSource for palisade_degrade::GateHandle {
             "shed": self.shed_total(),
             "read_only_refused": self.read_only_total(),
             "load": self.load_signal().get(),
+        })
+    }
+}
+
+#[cfg(feature = "adaptive")]
+impl StatusSource for palisade_adaptive::AdaptiveHandle {
+    fn status(&self) -> Value {
+        let rtt = self.rtt();
+        let partitions: Vec<Value> = self
+            .partitions()
+            .into_iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "share": p.share,
+                    "guaranteed": p.guaranteed,
+                    "in_flight": p.in_flight,
+                    "rejected": p.rejected,
+                })
+            })
+            .collect();
+        json!({
+            "name": self.name(),
+            "algorithm": self.algorithm(),
+            "limit": self.limit(),
+            "in_flight": self.in_flight(),
+            "available": self.available(),
+            "rejected": self.rejected(),
+            "drops": self.drops(),
+            "samples": self.samples(),
+            "windows": self.windows(),
+            "limiting": self.is_limiting(),
+            "rtt_last_us": rtt.last.map(|d| d.as_micros() as u64),
+            "rtt_baseline_us": rtt.baseline.map(|d| d.as_micros() as u64),
+            "partitions": partitions,
+            "tenant_keys": self.tenant_keys(),
+            "overflowed": self.overflowed(),
+        })
+    }
+}
+
+#[cfg(feature = "hedge")]
+impl StatusSource for palisade_hedge::HedgeHandle {
+    fn status(&self) -> Value {
+        json!({
+            "requests": self.requests(),
+            "hedges": self.hedges(),
+            "hedge_wins": self.hedge_wins(),
+            "cancelled": self.cancelled(),
+            "budget_refused": self.budget_refused(),
+            "budget_exhausted": self.budget_exhausted(),
+            "suppressed": self.suppressed(),
+            "body_too_large": self.body_too_large(),
+            "deadline_passed": self.deadline_passed(),
+            "delay_ms": self.current_delay().map(|d| d.as_secs_f64() * 1000.0),
         })
     }
 }

@@ -18,7 +18,7 @@ use palisade::breaker::{CircuitBreakerLayer, CircuitState};
 use palisade::health::{ComponentKind, Health, HealthState};
 use palisade::ops::{HealthEndpoint, StatusEndpoint, StatusRegistry};
 use palisade::rescue::RescueLayer;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tower::ServiceBuilder;
 
 async fn send(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, Bytes) {
@@ -223,4 +223,117 @@ async fn status_snapshot_covers_every_layer_handle() {
         5
     );
     assert_eq!(snapshot["ratelimit"]["tracked_tenants"], 0);
+}
+
+/// Waits (without sleeping) until every check of `health` has run at least once.
+async fn first_runs_done(health: &Health) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let report = health.report();
+            let all_ran = report.components().iter().all(|c| {
+                c.check().is_none_or(|check| {
+                    check.consecutive_failures() + check.consecutive_successes() > 0
+                })
+            });
+            if all_ran {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the checks run at once");
+}
+
+#[tokio::test]
+async fn verbose_probes_show_the_tiers_of_their_own_checks() {
+    use palisade::health::{CheckConfig, CheckDepth};
+
+    let health = Health::new();
+    let fail_once = |depth| CheckConfig::for_depth(depth).failure_threshold(1);
+    let _loop = health
+        .add_check(
+            "event_loop",
+            ComponentKind::Liveness,
+            fail_once(CheckDepth::Shallow),
+            || async { Err::<(), _>("stalled") },
+        )
+        .unwrap();
+    let _db = health
+        .add_check(
+            "db",
+            ComponentKind::Readiness,
+            fail_once(CheckDepth::Deep),
+            || async { Ok::<(), std::io::Error>(()) },
+        )
+        .unwrap();
+    let checkout = health
+        .add_check(
+            "checkout",
+            ComponentKind::Readiness,
+            fail_once(CheckDepth::Comprehensive),
+            || async { Err::<(), _>("order 42 not confirmed") },
+        )
+        .unwrap();
+    let gate = health.register("gate", ComponentKind::Readiness);
+    first_runs_done(&health).await;
+
+    let app = Router::new()
+        .route_service("/healthz", HealthEndpoint::liveness(&health))
+        .route_service("/readyz", HealthEndpoint::readiness(&health));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Liveness: only the shallow check, failing: the verdict is degraded.
+    let (status, body) = send(addr, Method::GET, "/healthz?verbose").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let live = json(&body);
+    assert_eq!(
+        live["tiers"],
+        serde_json::json!({
+            "status": "degraded",
+            "shallow": {"checks": 1, "failing": ["event_loop"]},
+            "deep": {"checks": 0, "failing": []},
+            "comprehensive": {"checks": 0, "failing": []},
+        })
+    );
+    assert_eq!(live["components"][0]["check"]["depth"], "shallow");
+
+    // Readiness: a failing end-to-end check is critical, beside the unhealthy status.
+    let (status, body) = send(addr, Method::GET, "/readyz?verbose=1").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let ready = json(&body);
+    assert_eq!(ready["status"], "unhealthy");
+    assert_eq!(ready["tiers"]["status"], "critical");
+    assert_eq!(ready["tiers"]["comprehensive"]["failing"][0], "checkout");
+    assert_eq!(ready["tiers"]["deep"]["checks"], 1);
+    assert_eq!(ready["tiers"]["shallow"]["checks"], 0);
+    let depths: Vec<_> = ready["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"]["depth"].clone())
+        .collect();
+    assert_eq!(depths, [json!("comprehensive"), json!("deep"), Value::Null]);
+
+    // Without ?verbose (or with verbose=0) there are no tiers: the short body is unchanged.
+    for path in ["/healthz", "/readyz", "/readyz?verbose=0"] {
+        let (_, body) = send(addr, Method::GET, path).await;
+        let short = json(&body);
+        let mut keys: Vec<_> = short.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["components", "status"], "{path}");
+    }
+
+    // The tiers never decide the status code: with the end-to-end check gone, a degraded pushed
+    // component serves (200) and the tiers are healthy.
+    assert!(checkout.stop());
+    gate.degraded("level degraded");
+    let (status, body) = send(addr, Method::GET, "/readyz?verbose").await;
+    assert_eq!(status, StatusCode::OK);
+    let ready = json(&body);
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["tiers"]["status"], "healthy");
+    assert_eq!(ready["tiers"]["comprehensive"]["checks"], 0);
 }

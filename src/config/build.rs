@@ -21,16 +21,19 @@ use tower_layer::Stack;
 
 use super::error::{ConfigError, ConfigErrorKind};
 use super::schema::{
-    BackoffKind, BreakerConfig, BulkheadConfig, ChaosConfig, FallbackTrigger, GateConfig,
-    KeyRuleChoice, MalformedKeyPolicy, MissingKeyPolicy, MissingTenantPolicy, OnAbandonPolicy,
-    RateLimitConfig, RetryConfig, TimeoutConfig,
+    AdaptiveAlgorithm, AdaptiveConfig, BackoffKind, BreakerConfig, BulkheadConfig, ChaosConfig,
+    FallbackTrigger, GateConfig, HedgeConfig, HedgeDelayChoice, KeyRuleChoice, MalformedKeyPolicy,
+    MissingKeyPolicy, MissingTenantPolicy, OnAbandonPolicy, RateLimitConfig, RetryConfig,
+    TimeoutConfig,
 };
 use super::Config;
 use crate::rescue::grpc::StatusLayer;
 use crate::stack::{
     slot, BuildContext, ClientStack, ClientStackBuilder, Maybe, Part, ServerStack,
-    ServerStackBuilder, StackError, ToBodyLayer, TonicBody,
+    ServerStackBuilder, StackError, ToBodyLayer, Toggle, TonicBody,
 };
+use palisade_adaptive::{AdaptiveLayer, Aimd, Gradient2, Partition, Vegas};
+use palisade_hedge::{HedgeBudget, HedgeLayer, LatencyPercentile};
 
 /// The tenant key of configured layers: the `server.tenant_header` header (bounded by
 /// `server.tenant_max_len`), or — without one — no tenant at all (every request is keyless).
@@ -115,6 +118,14 @@ pub type IdempotencyBuilder = palisade_idempotency::Builder<TenantKey, MemorySto
 /// The idempotency layer a config makes.
 pub type ConfiguredIdempotencyLayer = IdempotencyLayer<TenantKey>;
 
+/// The adaptive limit builder a config makes (the client's, and the server's without partitions).
+pub type AdaptiveBuilder = palisade_adaptive::Builder;
+/// The server's adaptive limit builder: keyed by the tenant header with partitions, and by
+/// [`TenantKey::none`] (every request the one anonymous tenant) without.
+pub type KeyedAdaptiveBuilder = palisade_adaptive::Builder<TenantKey>;
+/// The hedge builder a config makes.
+pub type HedgeBuilder = palisade_hedge::HedgeBuilder;
+
 /// The server bulkhead's slot: unkeyed or keyed by the tenant header (a config's choice at run
 /// time), or absent.
 #[derive(Debug)]
@@ -144,6 +155,7 @@ pub type ConfiguredServerStackBuilder = ServerStackBuilder<
     Option<GateBuilder>,
     Option<RateLimitBuilder>,
     ServerBulkhead,
+    Toggle<KeyedAdaptiveBuilder>,
     Option<TimeoutBuilder>,
     Option<FallbackBuilder>,
     Option<BreakerBuilder>,
@@ -155,6 +167,7 @@ pub type ConfiguredServerStack = ServerStack<
     Maybe<GateLayer>,
     Maybe<RateLimitLayer<TenantKey>>,
     ServerBulkheadLayer,
+    Toggle<AdaptiveLayer<TenantKey>>,
     Maybe<TimeoutLayer>,
     Maybe<FallbackLayer<StaticResponse, HttpStatus>>,
     Maybe<CircuitBreakerLayer>,
@@ -165,9 +178,11 @@ pub type ConfiguredServerStack = ServerStack<
 pub type ConfiguredClientStackBuilder = ClientStackBuilder<
     StatusLayer,
     Option<TimeoutBuilder>,
+    Toggle<HedgeBuilder>,
     Option<RetryBuilder>,
     ToBodyLayer<TonicBody>,
     Option<BreakerBuilder>,
+    Toggle<AdaptiveBuilder>,
     Option<TimeoutBuilder>,
     Option<ClientBulkheadBuilder>,
     Option<ClientChaosBuilder>,
@@ -177,9 +192,11 @@ pub type ConfiguredClientStackBuilder = ClientStackBuilder<
 pub type ConfiguredClientStack = ClientStack<
     StatusLayer,
     Maybe<TimeoutLayer>,
+    Toggle<HedgeLayer>,
     Maybe<RetryLayer>,
     ToBodyLayer<TonicBody>,
     Maybe<CircuitBreakerLayer>,
+    Toggle<AdaptiveLayer>,
     Maybe<TimeoutLayer>,
     Maybe<BulkheadLayer>,
     Maybe<ChaosLayer>,
@@ -229,6 +246,16 @@ impl Config {
                     keyed: None,
                 },
             })
+            .adaptive(Toggle::new(s.adaptive.as_ref().map(|a| {
+                // One slot type either way (a second would double the stack's types): keyed by the
+                // tenant with partitions, else every request is the one anonymous tenant.
+                let key = if a.partitions.is_empty() {
+                    TenantKey::none()
+                } else {
+                    tenant.clone()
+                };
+                adaptive_builder(a).keyed(key)
+            })))
             .timeout(s.timeout.as_ref().map(timeout_builder))
             .fallback(s.fallback.as_ref().map(|f| {
                 let mut response = StaticResponse::new(f.status);
@@ -269,8 +296,10 @@ impl Config {
         let c = &self.client;
         ClientStack::tonic()
             .total_timeout(c.total_timeout.as_ref().map(timeout_builder))
+            .hedge(Toggle::new(c.hedge.as_ref().map(hedge_builder)))
             .retry(c.retry.as_ref().map(retry_builder))
             .breaker(c.breaker.as_ref().map(breaker_builder))
+            .adaptive(Toggle::new(c.adaptive.as_ref().map(adaptive_builder)))
             .per_try_timeout(c.per_try_timeout.as_ref().map(timeout_builder))
             .bulkhead(c.bulkhead.as_ref().map(bulkhead_builder_unkeyed))
             .chaos(c.chaos.as_ref().map(chaos_builder))
@@ -459,6 +488,7 @@ impl Config {
     /// The first problem found, named by its key (or variable) and line.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_cross_section()?;
+        self.check_heal()?;
         let health = Health::new();
         let audit = Audit::disabled();
         self.server_stack_builder()
@@ -595,6 +625,30 @@ impl Config {
                 ));
             }
         }
+        self.check_adaptive("server", s.adaptive.as_ref())?;
+        self.check_adaptive("client", self.client.adaptive.as_ref())?;
+        if let Some(h) = &self.client.hedge {
+            if let Some(b) = &h.budget {
+                if b.unlimited && (b.ratio.is_some() || b.burst.is_some()) {
+                    return Err(self.invalid(
+                        "client.hedge.budget.unlimited",
+                        "an unlimited budget has no ratio or burst",
+                    ));
+                }
+                if !b.unlimited && (b.ratio.is_none() || b.burst.is_none()) {
+                    return Err(self.invalid(
+                        "client.hedge.budget",
+                        "a budget needs both `ratio` and `burst` (or `unlimited = true`)",
+                    ));
+                }
+            }
+            if let Some(p) = h.hedge_paths.iter().find(|p| !p.starts_with('/')) {
+                return Err(self.invalid(
+                    "client.hedge.hedge_paths",
+                    format!("path \"{}\" does not start with `/`", p.escape_debug()),
+                ));
+            }
+        }
         if let Some(i) = &s.idempotency {
             if i.missing_tenant.is_some() && s.tenant_header.is_none() {
                 return Err(self.invalid(
@@ -614,6 +668,79 @@ impl Config {
             }
             if i.max_bytes.is_some_and(|n| n < 1024) {
                 return Err(self.invalid("server.idempotency.max_bytes", "must be at least 1024"));
+            }
+        }
+        Ok(())
+    }
+
+    /// An adaptive section's rules: only the chosen algorithm's parameters, and the tenant settings
+    /// only with partitions (which only the server, with a tenant header, can have).
+    fn check_adaptive(&self, section: &str, a: Option<&AdaptiveConfig>) -> Result<(), ConfigError> {
+        let Some(a) = a else { return Ok(()) };
+        let algorithm = a.algorithm.unwrap_or_default();
+        let params: [(&str, bool, &[AdaptiveAlgorithm]); 10] = {
+            use AdaptiveAlgorithm::{Aimd, Gradient2, Vegas};
+            [
+                ("smoothing", a.smoothing.is_some(), &[Gradient2, Vegas]),
+                ("queue_size", a.queue_size.is_some(), &[Gradient2]),
+                ("rtt_tolerance", a.rtt_tolerance.is_some(), &[Gradient2]),
+                ("long_window", a.long_window.is_some(), &[Gradient2]),
+                (
+                    "backoff_ratio",
+                    a.backoff_ratio.is_some(),
+                    &[Gradient2, Aimd],
+                ),
+                ("probe_windows", a.probe_windows.is_some(), &[Gradient2]),
+                ("timeout", a.timeout.is_some(), &[Aimd]),
+                ("alpha", a.alpha.is_some(), &[Vegas]),
+                ("beta", a.beta.is_some(), &[Vegas]),
+                ("probe_multiplier", a.probe_multiplier.is_some(), &[Vegas]),
+            ]
+        };
+        for (key, set, applies) in params {
+            if set && !applies.contains(&algorithm) {
+                let names: Vec<&str> = applies.iter().map(|a| a.as_str()).collect();
+                return Err(self.invalid(
+                    &format!("{section}.adaptive.{key}"),
+                    format!(
+                        "`{key}` is a parameter of {}, not of algorithm \"{}\"",
+                        names.join(" and "),
+                        algorithm.as_str()
+                    ),
+                ));
+            }
+        }
+        let tenant_keys = [
+            ("missing_key", a.missing_key.is_some()),
+            ("malformed_key", a.malformed_key.is_some()),
+            ("max_keys", a.max_keys.is_some()),
+            ("idle_timeout", a.idle_timeout.is_some()),
+        ];
+        if section == "client" {
+            let partitioned = [
+                ("partitions", !a.partitions.is_empty()),
+                ("default_partition", a.default_partition.is_some()),
+            ];
+            if let Some((key, _)) = partitioned.iter().chain(&tenant_keys).find(|(_, set)| *set) {
+                return Err(self.invalid(
+                    &format!("client.adaptive.{key}"),
+                    "the client stack has no tenant key; only the server's adaptive limit has partitions",
+                ));
+            }
+            return Ok(());
+        }
+        if !a.partitions.is_empty() && self.server.tenant_header.is_none() {
+            return Err(self.invalid(
+                "server.adaptive.partitions",
+                "partitions are by tenant: set `server.tenant_header`",
+            ));
+        }
+        if a.partitions.is_empty() {
+            if let Some((key, _)) = tenant_keys.iter().find(|(_, set)| *set) {
+                return Err(self.invalid(
+                    &format!("server.adaptive.{key}"),
+                    "applies to tenants, which only a partitioned limit tracks: add `partitions`",
+                ));
             }
         }
         Ok(())
@@ -715,6 +842,7 @@ fn setting_key<'a>(slot: &str, setting: &'a str) -> &'a str {
         ("idempotency", "fingerprint_header") => "fingerprint_headers",
         ("rate_limit", "tier") => "tiers",
         ("rate_limit", "adaptive") => "adaptive_floor",
+        ("adaptive", "partition") => "partitions",
         _ => setting,
     }
 }
@@ -932,6 +1060,144 @@ fn retry_builder(c: &RetryConfig) -> RetryBuilder {
     if !c.retry_paths.is_empty() {
         let paths: Vec<String> = c.retry_paths.clone();
         b = b.retry_if(move |parts| {
+            let path = parts.uri.path();
+            paths
+                .iter()
+                .any(|p| p == path || (p.ends_with('/') && path.starts_with(p.as_str())))
+        });
+    }
+    b
+}
+
+pub(crate) fn adaptive_builder(c: &AdaptiveConfig) -> AdaptiveBuilder {
+    let mut b = AdaptiveLayer::builder();
+    if let Some(n) = &c.name {
+        b = b.name(n.clone());
+    }
+    macro_rules! set {
+        ($alg:ident, $($field:ident),*) => {{
+            $(if let Some(v) = c.$field {
+                $alg = $alg.$field(v);
+            })*
+        }};
+    }
+    b = match c.algorithm.unwrap_or_default() {
+        AdaptiveAlgorithm::Gradient2 => {
+            let mut g = Gradient2::new();
+            set!(
+                g,
+                initial_limit,
+                min_limit,
+                max_limit,
+                smoothing,
+                queue_size,
+                rtt_tolerance
+            );
+            set!(g, long_window, backoff_ratio, probe_windows);
+            b.algorithm(g)
+        }
+        AdaptiveAlgorithm::Aimd => {
+            let mut a = Aimd::new();
+            set!(
+                a,
+                initial_limit,
+                min_limit,
+                max_limit,
+                backoff_ratio,
+                timeout
+            );
+            b.algorithm(a)
+        }
+        AdaptiveAlgorithm::Vegas => {
+            let mut v = Vegas::new();
+            set!(
+                v,
+                initial_limit,
+                min_limit,
+                max_limit,
+                smoothing,
+                alpha,
+                beta,
+                probe_multiplier
+            );
+            b.algorithm(v)
+        }
+    };
+    if let Some(w) = &c.window {
+        b = b.window(w.min, w.max, w.samples);
+    }
+    if let Some(d) = c.min_rtt_threshold {
+        b = b.min_rtt_threshold(d);
+    }
+    if let Some(d) = c.retry_after {
+        b = b.retry_after(d);
+    }
+    if let Some(on) = c.cancelled_as_drop {
+        b = b.cancelled_as_drop(on);
+    }
+    for p in &c.partitions {
+        let mut partition = Partition::new(p.name.clone(), p.share);
+        for m in &p.members {
+            partition = partition.member(m.clone());
+        }
+        b = b.partition(partition);
+    }
+    if let Some(d) = &c.default_partition {
+        b = b.default_partition(d.clone());
+    }
+    if let Some(m) = c.missing_key {
+        b = b.missing_key(match m {
+            MissingKeyPolicy::Reject => palisade_adaptive::MissingKey::Reject,
+            MissingKeyPolicy::Anonymous => palisade_adaptive::MissingKey::Anonymous,
+        });
+    }
+    if let Some(m) = c.malformed_key {
+        b = b.malformed_key(malformed(m));
+    }
+    if let Some(n) = c.max_keys {
+        b = b.max_keys(n);
+    }
+    if let Some(d) = c.idle_timeout {
+        b = b.idle_timeout(d);
+    }
+    if let Some(d) = c.audit_interval {
+        b = b.audit_interval(d);
+    }
+    if let Some(s) = c.seed {
+        b = b.seed(s);
+    }
+    b
+}
+
+fn hedge_builder(c: &HedgeConfig) -> HedgeBuilder {
+    let mut b = HedgeLayer::builder();
+    match c.delay {
+        Some(HedgeDelayChoice::Fixed(d)) => b = b.delay(d),
+        Some(HedgeDelayChoice::Percentile(p)) => {
+            // The percentile was checked to be in (0, 1) when the file was read: the only setting here.
+            if let Ok(estimator) = LatencyPercentile::builder().percentile(p).build() {
+                b = b.delay_from(estimator);
+            }
+        }
+        None => {}
+    }
+    if let Some(n) = c.max_hedges {
+        b = b.max_hedges(n);
+    }
+    if let Some(n) = c.max_body {
+        b = b.max_body(n);
+    }
+    if let Some(budget) = &c.budget {
+        match (budget.unlimited, budget.ratio, budget.burst) {
+            (true, _, _) => b = b.budget(HedgeBudget::unlimited()),
+            (false, Some(ratio), Some(burst)) => b = b.budget(HedgeBudget::new(ratio, burst)),
+            // Refused by the cross-section check.
+            _ => {}
+        }
+    }
+    if !c.hedge_paths.is_empty() {
+        let paths: Vec<String> = c.hedge_paths.clone();
+        b = b.hedge_if(move |parts| {
             let path = parts.uri.path();
             paths
                 .iter()

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
 
 /// The units a duration may be written in, with their length in nanoseconds.
 const UNITS: [(&str, u128); 7] = [
@@ -155,6 +156,20 @@ pub(crate) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 /// `#[serde(default, deserialize_with)]` for an optional `Duration`.
 pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     d.deserialize_str(DurationVisitor).map(Some)
+}
+
+/// `#[serde(default, deserialize_with)]` for an optional list of durations: `["10s", "1m"]`.
+pub(crate) fn optional_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Duration>>, D::Error> {
+    struct Text(Duration);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D2: Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
+            d.deserialize_str(DurationVisitor).map(Text)
+        }
+    }
+    let list = Vec::<Text>::deserialize(d)?;
+    Ok(Some(list.into_iter().map(|t| t.0).collect()))
 }
 
 #[cfg(test)]

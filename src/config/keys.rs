@@ -161,6 +161,58 @@ const RETRY: &[&str] = &[
     "retry_paths",
 ];
 
+const ADAPTIVE: &[&str] = &[
+    "name",
+    "algorithm",
+    "initial_limit",
+    "min_limit",
+    "max_limit",
+    "smoothing",
+    "queue_size",
+    "rtt_tolerance",
+    "long_window",
+    "backoff_ratio",
+    "probe_windows",
+    "timeout",
+    "alpha",
+    "beta",
+    "probe_multiplier",
+    "window",
+    "window.min",
+    "window.max",
+    "window.samples",
+    "min_rtt_threshold",
+    "retry_after",
+    "cancelled_as_drop",
+    "partitions",
+    "default_partition",
+    "missing_key",
+    "malformed_key",
+    "max_keys",
+    "idle_timeout",
+    "audit_interval",
+    "seed",
+];
+
+const HEDGE: &[&str] = &[
+    "delay",
+    "max_hedges",
+    "max_body",
+    "budget",
+    "budget.unlimited",
+    "budget.ratio",
+    "budget.burst",
+    "hedge_paths",
+];
+
+const HEAL_SIGNALS: &[&str] = &[
+    "windows",
+    "slots",
+    "relative_accuracy",
+    "max_signals",
+    "detect_window",
+];
+
 /// Every key path of the schema (map entries such as tier names excepted).
 pub(crate) fn all() -> Vec<String> {
     let mut out = vec![
@@ -176,16 +228,21 @@ pub(crate) fn all() -> Vec<String> {
     section("server.rate_limit.default_rate", RATE);
     section("server.rate_limit.global", RATE);
     section("server.bulkhead", BULKHEAD);
+    section("server.adaptive", ADAPTIVE);
     section("server.timeout", TIMEOUT);
     section("server.fallback", FALLBACK);
     section("server.breaker", BREAKER);
     section("server.chaos", CHAOS);
     section("server.idempotency", IDEMPOTENCY);
     section("client.total_timeout", TIMEOUT);
+    section("client.hedge", HEDGE);
     section("client.retry", RETRY);
     section("client.breaker", BREAKER);
+    section("client.adaptive", ADAPTIVE);
     section("client.per_try_timeout", TIMEOUT);
     section("client.bulkhead", BULKHEAD);
     section("client.chaos", CHAOS);
+    section("heal.signals", HEAL_SIGNALS);
+    out.push("heal.detectors".to_owned());
     out
 }

@@ -2,11 +2,16 @@
 //! with environment overrides, strict validation and live reload.
 //!
 //! - **Sections are layers.** `[server.gate]`, `[server.rate_limit]`, `[server.bulkhead]`,
-//!   `[server.timeout]`, `[server.fallback]`, `[server.breaker]`, `[server.chaos]`,
-//!   `[server.idempotency]`, `[client.total_timeout]`, `[client.retry]`, `[client.breaker]`,
-//!   `[client.per_try_timeout]`, `[client.bulkhead]`, `[client.chaos]`: a section present puts the layer
+//!   `[server.adaptive]`, `[server.timeout]`, `[server.fallback]`, `[server.breaker]`, `[server.chaos]`,
+//!   `[server.idempotency]`, `[client.total_timeout]`, `[client.hedge]`, `[client.retry]`,
+//!   `[client.breaker]`, `[client.adaptive]`, `[client.per_try_timeout]`, `[client.bulkhead]`,
+//!   `[client.chaos]`: a section present puts the layer
 //!   in the stack ([`Config::server_stack_builder`], [`Config::client_stack_builder`],
 //!   [`Config::idempotency_builder`]); an absent one leaves it out.
+//! - **`[heal]`** configures the control plane's eyes: `[heal.signals]` the latency recorders' windows,
+//!   slots, accuracy and cap ([`Config::recorders`]), and each `[heal.detectors.<name>]` one anomaly
+//!   detector on one signal ([`Config::detectors`]; `kind` is `threshold`, `mean_sigma`, `ewma`, `iqr`,
+//!   `median_mad` or `rate_of_change`, and a key that does not apply to the kind is an error).
 //! - **Keys are builder settings**, named like the builder methods. An absent key means the builder's
 //!   own default — the config has no defaults of its own. Unknown keys are errors.
 //! - **Values are typed**: durations are strings with a unit (`"250ms"`, `"2s"`, `"1.5m"`, `"1h"`; see
@@ -23,8 +28,8 @@
 //! `__`, in upper case. `PALISADE_SERVER__RATE_LIMIT__MAX_KEYS=5000` sets `server.rate_limit.max_keys`;
 //! `PALISADE_SERVER__TIMEOUT__TIMEOUT=3s` sets `server.timeout.timeout`.
 //!
-//! - Only variables under a section of the file are overrides: `PALISADE_SERVER__…` and
-//!   `PALISADE_CLIENT__…`. Others, such as `PALISADE_ADDR` or `PALISADE_LEVEL`, are left alone.
+//! - Only variables under a section of the file are overrides: `PALISADE_SERVER__…`,
+//!   `PALISADE_CLIENT__…` and `PALISADE_HEAL__…`. Others, such as `PALISADE_ADDR` or `PALISADE_LEVEL`, are left alone.
 //! - The value is read as a TOML integer, float or boolean if it is one (`5000`, `0.5`, `true`), as an
 //!   inline table or array if it starts with `{` or `[`, and as a string otherwise (`3s`,
 //!   `x-tenant-id`). It is applied to the parsed file before the typed config is read, so it gets the
@@ -44,7 +49,8 @@
 //! [`Config::reload`] validates a new config completely (a reload that fails changes nothing), then
 //! pushes what can change while running through the stacks' [`Handles`]: rate-limit tiers, the default
 //! and global rates and tenant assignments; the gate's level; the bulkhead's limits; the breakers'
-//! thresholds. Everything else (a layer added or removed, windows, queues, key settings) is listed in
+//! thresholds. Everything else (a layer added or removed, windows, queues, key settings, the adaptive
+//! limits, hedging) is listed in
 //! the [`ReloadReport`] as needing a restart, and the reload is recorded in the audit log as
 //! `config.reloaded`.
 //!
@@ -73,6 +79,9 @@
 //! let idempotency = server.idempotency(config.idempotency_builder().unwrap())?;
 //! let client = config.client_stack_builder().health(&health).audit(&audit).build()?;
 //! assert!(server.handles().rate_limit().is_some() && client.handles().retry().is_some());
+//! let recorders = config.recorders()?; // [heal.signals]
+//! let detectors = config.detectors()?; // [heal.detectors.*]
+//! assert_eq!((recorders.max_signals(), detectors.len()), (64, 3));
 //! # drop(idempotency);
 //! # Ok(())
 //! # }
@@ -83,6 +92,7 @@
 mod build;
 mod duration;
 mod error;
+mod heal;
 mod keys;
 mod parse;
 pub(crate) mod reload;
@@ -93,23 +103,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use build::{
-    BreakerBuilder, ClientBulkheadBuilder, ClientChaosBuilder, ConfiguredClientStack,
-    ConfiguredClientStackBuilder, ConfiguredIdempotencyLayer, ConfiguredServerStack,
-    ConfiguredServerStackBuilder, FallbackBuilder, GateBuilder, IdempotencyBuilder, QueuePriority,
-    RateLimitBuilder, RetryBuilder, ServerBulkhead, ServerBulkheadLayer, ServerChaosBuilder,
-    TenantKey, TimeoutBuilder,
+    AdaptiveBuilder, BreakerBuilder, ClientBulkheadBuilder, ClientChaosBuilder,
+    ConfiguredClientStack, ConfiguredClientStackBuilder, ConfiguredIdempotencyLayer,
+    ConfiguredServerStack, ConfiguredServerStackBuilder, FallbackBuilder, GateBuilder,
+    HedgeBuilder, IdempotencyBuilder, KeyedAdaptiveBuilder, QueuePriority, RateLimitBuilder,
+    RetryBuilder, ServerBulkhead, ServerBulkheadLayer, ServerChaosBuilder, TenantKey,
+    TimeoutBuilder,
 };
 pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, ConfigErrorKind};
+pub use heal::ConfiguredDetector;
 pub use parse::{Secret, TenantId};
 pub use reload::{ReloadReport, RELOADED_KIND};
 pub use schema::{
-    BackoffConfig, BackoffKind, BreakerConfig, BudgetConfig, BulkheadConfig, ChaosConfig,
-    ClientConfig, ErrorRateTrigger, FallbackConfig, FallbackTrigger, FloorConfig, GateConfig,
-    HealthLevelsConfig, IdempotencyConfig, IdempotencyRoute, InFlightTrigger, KeyRuleChoice,
+    AdaptiveAlgorithm, AdaptiveConfig, AdaptiveWindowConfig, BackoffConfig, BackoffKind,
+    BreakerConfig, BudgetConfig, BulkheadConfig, ChaosConfig, ClientConfig, DetectorConfig,
+    DetectorKind, ErrorRateTrigger, FallbackConfig, FallbackTrigger, FloorConfig, GateConfig,
+    HealConfig, HealSignalsConfig, HealthLevelsConfig, HedgeBudgetConfig, HedgeConfig,
+    HedgeDelayChoice, IdempotencyConfig, IdempotencyRoute, InFlightTrigger, KeyRuleChoice,
     LatencyTrigger, LoadAtConfig, MalformedKeyPolicy, MissingKeyPolicy, MissingTenantPolicy,
-    OnAbandonPolicy, OpenWaitConfig, PenaltyConfig, QueueConfig, RateConfig, RateLimitConfig,
-    RetryConfig, ServerConfig, SlowCallConfig, TimeoutConfig,
+    OnAbandonPolicy, OpenWaitConfig, PartitionConfig, PenaltyConfig, QueueConfig, RateConfig,
+    RateLimitConfig, RecoverConfig, RetryConfig, ServerConfig, SlowCallConfig, TimeoutConfig,
 };
 
 use source::Provenance;
@@ -124,6 +138,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[client]`: the client stack.
     pub client: ClientConfig,
+    /// `[heal]`: the control plane's recorders and detectors.
+    pub heal: HealConfig,
     provenance: Provenance,
     /// `PALISADE_READ_ONLY` / `PALISADE_GATE_LEVEL` as read at load time (for `level_from_env`).
     gate_env: BTreeMap<String, String>,
@@ -134,6 +150,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             client: ClientConfig::default(),
+            heal: HealConfig::default(),
             provenance: Provenance::new("<default>"),
             gate_env: BTreeMap::new(),
         }
@@ -145,6 +162,7 @@ impl PartialEq for Config {
     fn eq(&self, other: &Self) -> bool {
         self.server == other.server
             && self.client == other.client
+            && self.heal == other.heal
             && self.gate_env == other.gate_env
     }
 }
@@ -269,6 +287,7 @@ impl Config {
         let config = Config {
             server: raw.server,
             client: raw.client,
+            heal: raw.heal,
             provenance,
             gate_env,
         };

@@ -284,6 +284,7 @@ impl Config {
             actions,
             restart,
         );
+        restart_if_changed("server.adaptive", &old_s.adaptive, &new_s.adaptive, restart);
         restart_if_changed("server.timeout", &old_s.timeout, &new_s.timeout, restart);
         restart_if_changed("server.fallback", &old_s.fallback, &new_s.fallback, restart);
         restart_if_changed("server.chaos", &old_s.chaos, &new_s.chaos, restart);
@@ -310,7 +311,9 @@ impl Config {
             &n.total_timeout,
             restart,
         );
+        restart_if_changed("client.hedge", &o.hedge, &n.hedge, restart);
         restart_if_changed("client.retry", &o.retry, &n.retry, restart);
+        restart_if_changed("client.adaptive", &o.adaptive, &n.adaptive, restart);
         plan_breaker(
             "client.breaker",
             &o.breaker,

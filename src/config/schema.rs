@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// `[server.bulkhead]`: the bulkhead.
     #[serde(default)]
     pub bulkhead: Option<BulkheadConfig>,
+    /// `[server.adaptive]`: the adaptive concurrency limit (inside the bulkhead, outside the timeout).
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveConfig>,
     /// `[server.timeout]`: the request timeout.
     #[serde(default)]
     pub timeout: Option<TimeoutConfig>,
@@ -58,12 +61,19 @@ pub struct ClientConfig {
     /// `[client.total_timeout]`: the timeout over every attempt and backoff.
     #[serde(default)]
     pub total_timeout: Option<TimeoutConfig>,
+    /// `[client.hedge]`: hedged requests (outside retry).
+    #[serde(default)]
+    pub hedge: Option<HedgeConfig>,
     /// `[client.retry]`: retry with backoff and a budget.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
     /// `[client.breaker]`: the circuit breaker.
     #[serde(default)]
     pub breaker: Option<BreakerConfig>,
+    /// `[client.adaptive]`: the adaptive concurrency limit (inside the breaker, outside the per-try
+    /// timeout; unpartitioned).
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveConfig>,
     /// `[client.per_try_timeout]`: the timeout of one attempt.
     #[serde(default)]
     pub per_try_timeout: Option<TimeoutConfig>,
@@ -405,6 +415,222 @@ pub struct BulkheadConfig {
     /// `idle_timeout`: an idle tenant is forgotten after this long (keyed).
     #[serde(default, deserialize_with = "duration::optional")]
     pub idle_timeout: Option<Duration>,
+}
+
+/// The adaptive limit's algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AdaptiveAlgorithm {
+    /// `palisade::adaptive::Gradient2` (the builder's default).
+    #[default]
+    Gradient2,
+    /// `palisade::adaptive::Aimd`.
+    Aimd,
+    /// `palisade::adaptive::Vegas`.
+    Vegas,
+}
+
+impl AdaptiveAlgorithm {
+    /// The name as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdaptiveAlgorithm::Gradient2 => "gradient2",
+            AdaptiveAlgorithm::Aimd => "aimd",
+            AdaptiveAlgorithm::Vegas => "vegas",
+        }
+    }
+}
+
+/// `window = { min = "1s", max = "1s", samples = 10 }` (all required): the builder's `window`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdaptiveWindowConfig {
+    /// A window lasts at least this long.
+    #[serde(deserialize_with = "duration::required")]
+    pub min: Duration,
+    /// A window lasts at most this long.
+    #[serde(deserialize_with = "duration::required")]
+    pub max: Duration,
+    /// A window closes once it holds this many calls.
+    pub samples: u64,
+}
+
+/// One `partitions` entry: `{ name = "batch", share = 0.1, members = ["reports"] }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PartitionConfig {
+    /// The partition's name, also its first member (a tenant label).
+    pub name: String,
+    /// Its guaranteed share of the limit, in `(0, 1]`.
+    pub share: f64,
+    /// More tenant labels that belong to it.
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// `[server.adaptive]` / `[client.adaptive]`: `palisade::adaptive::Builder`, with the algorithm's
+/// parameters flat in the section. A parameter that does not apply to the `algorithm` is refused.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdaptiveConfig {
+    /// `name`: the health component is `adaptive.<name>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `algorithm`: `"gradient2"` (default), `"aimd"` or `"vegas"`.
+    #[serde(default)]
+    pub algorithm: Option<AdaptiveAlgorithm>,
+    /// `initial_limit` (every algorithm).
+    #[serde(default)]
+    pub initial_limit: Option<usize>,
+    /// `min_limit` (every algorithm).
+    #[serde(default)]
+    pub min_limit: Option<usize>,
+    /// `max_limit` (every algorithm).
+    #[serde(default)]
+    pub max_limit: Option<usize>,
+    /// `smoothing` (gradient2, vegas).
+    #[serde(default)]
+    pub smoothing: Option<f64>,
+    /// `queue_size` (gradient2).
+    #[serde(default)]
+    pub queue_size: Option<f64>,
+    /// `rtt_tolerance` (gradient2).
+    #[serde(default)]
+    pub rtt_tolerance: Option<f64>,
+    /// `long_window` (gradient2), in windows.
+    #[serde(default)]
+    pub long_window: Option<u32>,
+    /// `backoff_ratio` (gradient2, aimd).
+    #[serde(default)]
+    pub backoff_ratio: Option<f64>,
+    /// `probe_windows` (gradient2).
+    #[serde(default)]
+    pub probe_windows: Option<u32>,
+    /// `timeout` (aimd): an average RTT above this is a drop.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub timeout: Option<Duration>,
+    /// `alpha` (vegas).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// `beta` (vegas).
+    #[serde(default)]
+    pub beta: Option<f64>,
+    /// `probe_multiplier` (vegas).
+    #[serde(default)]
+    pub probe_multiplier: Option<u32>,
+    /// `window = { min, max, samples }`: the sample windows.
+    #[serde(default)]
+    pub window: Option<AdaptiveWindowConfig>,
+    /// `min_rtt_threshold`: faster successes are not sampled.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub min_rtt_threshold: Option<Duration>,
+    /// `retry_after`: the hint on `Overloaded`.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub retry_after: Option<Duration>,
+    /// `cancelled_as_drop = true`: a cancelled call is a drop.
+    #[serde(default)]
+    pub cancelled_as_drop: Option<bool>,
+    /// `partitions`: guaranteed shares for tenants by `server.tenant_header` (server only; the
+    /// builder's `partition`).
+    #[serde(default)]
+    pub partitions: Vec<PartitionConfig>,
+    /// `default_partition`: tenants in no partition join this one (partitions).
+    #[serde(default)]
+    pub default_partition: Option<String>,
+    /// `missing_key`: `"anonymous"` (the builder's default) or `"reject"` (partitions).
+    #[serde(default)]
+    pub missing_key: Option<MissingKeyPolicy>,
+    /// `malformed_key`: `"reject"` (the default) or `"as_missing"` (partitions).
+    #[serde(default)]
+    pub malformed_key: Option<MalformedKeyPolicy>,
+    /// `max_keys`: tenants tracked (partitions).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+    /// `idle_timeout`: an idle tenant is forgotten after this long (partitions).
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub idle_timeout: Option<Duration>,
+    /// `audit_interval`: the least time between two audit records of one kind.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub audit_interval: Option<Duration>,
+    /// `seed`: reproducible probe jitter.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// When a hedge is sent: `delay = "p95"` (a percentile of recent first-attempt latency, the
+/// builder's default estimator with another percentile) or `delay = "50ms"` (fixed; `"0s"` is
+/// parallel mode).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum HedgeDelayChoice {
+    /// `"p<percentile>"`, e.g. `"p95"`, `"p99.9"`: the fraction in `(0, 1)`.
+    Percentile(f64),
+    /// A fixed delay.
+    Fixed(Duration),
+}
+
+impl std::str::FromStr for HedgeDelayChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix('p') {
+            let p: f64 = p.parse().map_err(|_| {
+                "expected a percentile such as \"p95\" or a duration such as \"50ms\"".to_owned()
+            })?;
+            if !(p > 0.0 && p < 100.0) {
+                return Err(format!("the percentile {p} is not between 0 and 100"));
+            }
+            return Ok(HedgeDelayChoice::Percentile(p / 100.0));
+        }
+        duration::parse_duration(s)
+            .map(HedgeDelayChoice::Fixed)
+            .map_err(|e| format!("expected a percentile such as \"p95\" or a duration: {e}"))
+    }
+}
+
+/// `budget = { ratio = 0.1, burst = 10 }` (both) or `budget = { unlimited = true }`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgeBudgetConfig {
+    /// No budget.
+    #[serde(default)]
+    pub unlimited: bool,
+    /// Hedges per request.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// Hedges allowed on top of the ratio.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// `[client.hedge]`: `palisade::hedge::HedgeBuilder`. Its `may_hedge` signal is the client stack's
+/// breaker (no hedge unless it is closed).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgeConfig {
+    /// `delay`: `"p95"` (the builder's default) or another percentile, or a fixed duration (`"0s"`:
+    /// parallel mode).
+    #[serde(default, deserialize_with = "parse::optional")]
+    pub delay: Option<HedgeDelayChoice>,
+    /// `max_hedges`: hedges per request beyond the first attempt.
+    #[serde(default)]
+    pub max_hedges: Option<u32>,
+    /// `max_body`: the largest request body buffered for hedging.
+    #[serde(default)]
+    pub max_body: Option<usize>,
+    /// `budget`.
+    #[serde(default)]
+    pub budget: Option<HedgeBudgetConfig>,
+    /// `hedge_paths`: request paths (gRPC methods, which are all `POST`) that are safe to hedge: an
+    /// exact path or a prefix ending in `/`. The builder's `hedge_if`.
+    #[serde(default)]
+    pub hedge_paths: Vec<String>,
 }
 
 /// `queue = { max_len = 100, max_wait = "500ms" }`.
@@ -772,4 +998,159 @@ pub struct RetryConfig {
     /// The builder's `retry_if`.
     #[serde(default)]
     pub retry_paths: Vec<String>,
+}
+
+/// `[heal]`: the control plane's eyes — the latency recorders and the anomaly detectors
+/// (`palisade::heal`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealConfig {
+    /// `[heal.signals]`: the latency and outcome recorders' windows and limits.
+    #[serde(default)]
+    pub signals: Option<HealSignalsConfig>,
+    /// `[heal.detectors.<name>]`: one detector per entry, each on one signal.
+    #[serde(default)]
+    pub detectors: BTreeMap<String, DetectorConfig>,
+}
+
+/// `[heal.signals]`: `palisade::heal::signals::RecorderConfig` and the `Recorders` registry.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealSignalsConfig {
+    /// `windows`: the sliding windows, e.g. `["10s", "1m", "5m"]` (the default).
+    #[serde(default, deserialize_with = "duration::optional_list")]
+    pub windows: Option<Vec<Duration>>,
+    /// `slots`: time slots per window (default 10).
+    #[serde(default)]
+    pub slots: Option<u32>,
+    /// `relative_accuracy`: the latency sketch's relative error, in `(0, 1)` (default 0.01).
+    #[serde(default)]
+    pub relative_accuracy: Option<f64>,
+    /// `max_signals`: the most recorders (named signals) at once (default 64).
+    #[serde(default)]
+    pub max_signals: Option<usize>,
+    /// `detect_window`: the window detectors read recorder signals over (default: the shortest). Must be
+    /// one of `windows`.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub detect_window: Option<Duration>,
+}
+
+/// The kind of a `[heal.detectors.<name>]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DetectorKind {
+    /// `Threshold`: N consecutive breaches within W, with a recovery twin.
+    Threshold,
+    /// `MeanSigma`: outside mean ± k·σ of the last n samples.
+    MeanSigma,
+    /// `Ewma`: outside the EWMA ± k·deviation.
+    Ewma,
+    /// `Iqr`: outside the interquartile fences.
+    Iqr,
+    /// `MedianMad`: outside median ± k·MAD (robust; prefer it for latency).
+    MedianMad,
+    /// `RateOfChange`: a drop or rise by more than a fraction over a lookback.
+    RateOfChange,
+}
+
+impl DetectorKind {
+    /// The name as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectorKind::Threshold => "threshold",
+            DetectorKind::MeanSigma => "mean_sigma",
+            DetectorKind::Ewma => "ewma",
+            DetectorKind::Iqr => "iqr",
+            DetectorKind::MedianMad => "median_mad",
+            DetectorKind::RateOfChange => "rate_of_change",
+        }
+    }
+}
+
+/// `recover_below = { value = 2.0, for = "10m" }`: the threshold detector's recovery twin.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RecoverConfig {
+    /// The bound the signal must stay on the healthy side of.
+    pub value: f64,
+    /// For how long, continuously.
+    #[serde(rename = "for", deserialize_with = "duration::required")]
+    pub held_for: Duration,
+}
+
+/// `[heal.detectors.<name>]`: one detector (`palisade::heal::detect`), each key named like its builder
+/// method. Keys that do not apply to the `kind` are refused.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DetectorConfig {
+    /// `kind`: `"threshold"`, `"mean_sigma"`, `"ewma"`, `"iqr"`, `"median_mad"` or `"rate_of_change"`.
+    pub kind: DetectorKind,
+    /// `signal`: the signal it watches, e.g. `"api.p99"` (a recorder's `<name>.<stat>`) or a gauge's name.
+    pub signal: String,
+    /// `above` (threshold): breach when the value is above this bound.
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// `below` (threshold): breach when the value is below this bound.
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// `count` (threshold): consecutive breaches needed.
+    #[serde(default)]
+    pub count: Option<usize>,
+    /// `within` (threshold): the breaches must fall within this time.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub within: Option<Duration>,
+    /// `recover_after_greens` (threshold): consecutive healthy samples to recover.
+    #[serde(default)]
+    pub recover_after_greens: Option<usize>,
+    /// `recover_below = { value, for }` (threshold): recover once below `value` for `for`.
+    #[serde(default)]
+    pub recover_below: Option<RecoverConfig>,
+    /// `recover_above = { value, for }` (threshold): recover once above `value` for `for`.
+    #[serde(default)]
+    pub recover_above: Option<RecoverConfig>,
+    /// `window` (mean_sigma, iqr, median_mad): samples in the baseline.
+    #[serde(default)]
+    pub window: Option<usize>,
+    /// `k` (mean_sigma, ewma, median_mad): the band's width in deviations.
+    #[serde(default)]
+    pub k: Option<f64>,
+    /// `alpha` (ewma): the smoothing factor, 0.1 to 0.3.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// `fence` (iqr): the fences' distance in IQRs.
+    #[serde(default)]
+    pub fence: Option<f64>,
+    /// `min_spread` (mean_sigma, ewma, iqr, median_mad): the least spread the band assumes.
+    #[serde(default)]
+    pub min_spread: Option<f64>,
+    /// `min_relative_spread` (mean_sigma, ewma, iqr, median_mad): the least spread as a fraction of the
+    /// centre (the builders' default 0.02; 0 turns it off).
+    #[serde(default)]
+    pub min_relative_spread: Option<f64>,
+    /// `drop` (rate_of_change): alarm on a fall by more than this fraction.
+    #[serde(default)]
+    pub drop: Option<f64>,
+    /// `rise` (rate_of_change): alarm on a rise by more than this fraction.
+    #[serde(default)]
+    pub rise: Option<f64>,
+    /// `over` (rate_of_change): the lookback.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub over: Option<Duration>,
+    /// `resolution` (rate_of_change): samples kept over the lookback.
+    #[serde(default)]
+    pub resolution: Option<usize>,
+    /// `min_volume` (every kind): ignore samples summarising fewer events.
+    #[serde(default)]
+    pub min_volume: Option<u64>,
+    /// `warm_up` (every kind): samples that only build the baseline.
+    #[serde(default)]
+    pub warm_up: Option<u64>,
+    /// `sustain_for` (every kind): how long the condition must hold before it is an anomaly.
+    #[serde(default, deserialize_with = "duration::optional")]
+    pub sustain_for: Option<Duration>,
 }

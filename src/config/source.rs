@@ -8,12 +8,12 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, ConfigErrorKind};
 use super::keys;
-use super::schema::{ClientConfig, ServerConfig};
+use super::schema::{ClientConfig, HealConfig, ServerConfig};
 
 /// The prefix of every override variable.
 pub(crate) const ENV_PREFIX: &str = "PALISADE_";
 /// The top-level sections overrides may address.
-pub(crate) const SECTIONS: [&str; 2] = ["server", "client"];
+pub(crate) const SECTIONS: [&str; 3] = ["server", "client", "heal"];
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -23,6 +23,8 @@ pub(crate) struct RawConfig {
     pub(crate) server: ServerConfig,
     #[serde(default)]
     pub(crate) client: ClientConfig,
+    #[serde(default)]
+    pub(crate) heal: HealConfig,
 }
 
 /// Where keys came from: positions in the file, and the variables that overrode keys.

@@ -31,10 +31,11 @@ fn the_example_uses_only_listed_keys_and_every_listed_key_exists() {
         "server.rate_limit.tiers.",
         "server.rate_limit.tenants.",
         "server.fallback.headers.",
+        "heal.detectors.",
     ];
     for path in prov.positions.keys() {
         let covered = listed.contains(path)
-            || matches!(path.as_str(), "server" | "client")
+            || matches!(path.as_str(), "server" | "client" | "heal")
             || dynamic.iter().any(|d| path.starts_with(d));
         assert!(covered, "`{path}` is in the example but not in keys::all()");
     }
@@ -349,4 +350,190 @@ fn secrets_are_not_shown() {
     assert!(c.idempotency_builder().unwrap().build().is_ok());
     let e = err("[server.idempotency]\nsecret = \"short\"\n");
     assert_eq!(e.key(), Some("server.idempotency.secret"));
+}
+
+#[test]
+fn heal_detectors_build_from_the_example() {
+    let c = Config::from_toml_str(EXAMPLE, "example.toml").unwrap();
+    let detectors = c.detectors().unwrap();
+    let names: Vec<_> = detectors.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["api_errors", "api_p99_high", "traffic_drop"]);
+    let p99 = &detectors[1];
+    assert_eq!(p99.signal, "api.p99");
+    assert_eq!(p99.detector.name(), "threshold");
+    assert_eq!(c.detect_window(), Duration::from_secs(10));
+    let recorders = c.recorders().unwrap();
+    assert_eq!(recorders.max_signals(), 64);
+    assert_eq!(
+        recorders.config().windows(),
+        [10, 60, 300].map(Duration::from_secs)
+    );
+}
+
+#[test]
+fn heal_detectors_feed_samples_and_alarm() {
+    use palisade_heal::detect::Status;
+    use palisade_heal::signals::Sample;
+    let c = Config::from_toml_str(
+        "[heal.detectors.slow]\nkind = \"threshold\"\nsignal = \"api.p99\"\nabove = 3.0\ncount = 5\n",
+        "t.toml",
+    )
+    .unwrap();
+    let mut d = c.detectors().unwrap().pop().unwrap().detector;
+    let t0 = tokio::time::Instant::now();
+    let mut statuses = Vec::new();
+    for i in 0..5u64 {
+        let v = d.observe(Sample::new(3.5, t0 + Duration::from_secs(i)));
+        statuses.push(v.status);
+    }
+    assert_eq!(statuses[..4], [Status::Normal; 4]);
+    assert_eq!(statuses[4], Status::Anomalous);
+}
+
+#[test]
+fn heal_errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[heal.detectors.a]\nkind = \"ewma\"\nsignal = \"x\"\nalpha = 0.9\n",
+            "heal.detectors.a.alpha",
+        ),
+        (
+            "[heal.detectors.a]\nkind = \"threshold\"\nsignal = \"x\"\nabove = 1.0\nalpha = 0.2\n",
+            "heal.detectors.a.alpha",
+        ),
+        (
+            "[heal.detectors.a]\nkind = \"threshold\"\nsignal = \"x\"\n",
+            "heal.detectors.a.above",
+        ),
+        (
+            "[heal.detectors.a]\nkind = \"threshold\"\nsignal = \"x\"\nbelow = 1.0\nrecover_above = { value = 0.5, for = \"1m\" }\n",
+            "heal.detectors.a.recover_above",
+        ),
+        (
+            "[heal.detectors.a]\nkind = \"mean_sigma\"\nsignal = \"x\"\nwindow = 1000000\n",
+            "heal.detectors.a.window",
+        ),
+        (
+            "[heal.detectors.a]\nkind = \"rate_of_change\"\nsignal = \"\"\ndrop = 0.5\n",
+            "heal.detectors.a.signal",
+        ),
+        ("[heal.signals]\nslots = 1\n", "heal.signals.slots"),
+        ("[heal.signals]\nmax_signals = 0\n", "heal.signals.max_signals"),
+        (
+            "[heal.signals]\nwindows = [\"10s\"]\ndetect_window = \"1m\"\n",
+            "heal.signals.detect_window",
+        ),
+        ("[heal.signals]\nrelative_accuracy = 2.0\n", "heal.signals.relative_accuracy"),
+    ];
+    for (text, key) in cases {
+        let e = err(text);
+        assert_eq!(e.kind(), ConfigErrorKind::Invalid, "{text}: {e}");
+        assert_eq!(e.key(), Some(*key), "{text}: {e}");
+        assert!(e.line().is_some(), "{text}: {e}");
+    }
+    // Unknown kinds and keys are refused by the schema, with their line.
+    let e = err("[heal.detectors.a]\nkind = \"magic\"\nsignal = \"x\"\n");
+    assert_eq!(e.line(), Some(2), "{e}");
+    let e = err("[heal.detectors.a]\nkind = \"iqr\"\nsignal = \"x\"\nthreshhold = 1\n");
+    assert_eq!(e.kind(), ConfigErrorKind::UnknownKey, "{e}");
+    let e = err("[heal.signals]\nwindows = [\"ten seconds\"]\n");
+    assert!(e.to_string().contains("heal.signals.windows"), "{e}");
+}
+
+#[test]
+fn heal_signals_are_overridable_from_the_environment() {
+    let vars: BTreeMap<String, String> = [("PALISADE_HEAL__SIGNALS__MAX_SIGNALS", "8")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let c = Config::from_toml_str_with_env("[heal.signals]\n", "t.toml", |n| vars.get(n).cloned())
+        .unwrap();
+    assert_eq!(c.recorders().unwrap().max_signals(), 8);
+}
+
+#[test]
+fn adaptive_and_hedge_sections_build_and_name_their_keys() {
+    let c = Config::from_toml_str(EXAMPLE, "example.toml").unwrap();
+    let server = c.server_stack_builder().build().unwrap();
+    let client = c.client_stack_builder().build().unwrap();
+    let a = server.handles().adaptive().unwrap();
+    assert_eq!(
+        (a.name(), a.algorithm(), a.limit()),
+        ("api", "gradient2", 40)
+    );
+    assert_eq!(a.partitions().len(), 2);
+    let ca = client.handles().adaptive().unwrap();
+    assert_eq!((ca.name(), ca.algorithm()), ("inventory", "vegas"));
+    assert!(client.handles().hedge().is_some());
+
+    let builder: &[(&str, &str)] = &[
+        ("[server.adaptive]\nmin_limit = 0\n", "server.adaptive.min_limit"),
+        ("[server.adaptive]\nmax_limit = 5\n", "server.adaptive.min_limit"),
+        ("[server.adaptive]\nsmoothing = 2.0\n", "server.adaptive.smoothing"),
+        (
+            "[server.adaptive]\nwindow = { min = \"2s\", max = \"1s\", samples = 10 }\n",
+            "server.adaptive.window",
+        ),
+        (
+            "[server.adaptive]\ndefault_partition = \"live\"\n",
+            "server.adaptive.default_partition",
+        ),
+        (
+            "[server]\ntenant_header = \"x-t\"\n[server.adaptive]\npartitions = [{ name = \"a\", share = 0.8 }, { name = \"b\", share = 0.8 }]\n",
+            "server.adaptive.partitions",
+        ),
+        ("[client.adaptive]\nalgorithm = \"aimd\"\ntimeout = \"0s\"\n", "client.adaptive.timeout"),
+        ("[client.hedge]\nmax_hedges = 11\n", "client.hedge.max_hedges"),
+        ("[client.hedge]\ndelay = \"2h\"\n", "client.hedge.delay"),
+        ("[client.hedge]\nbudget = { ratio = -1.0, burst = 1 }\n", "client.hedge.budget.ratio"),
+    ];
+    let cross: &[(&str, &str)] = &[
+        ("[server.adaptive]\nalpha = 3.0\n", "server.adaptive.alpha"),
+        (
+            "[client.adaptive]\nalgorithm = \"vegas\"\nqueue_size = 2.0\n",
+            "client.adaptive.queue_size",
+        ),
+        (
+            "[server.adaptive]\npartitions = [{ name = \"a\", share = 0.5 }]\n",
+            "server.adaptive.partitions",
+        ),
+        (
+            "[server.adaptive]\nmax_keys = 10\n",
+            "server.adaptive.max_keys",
+        ),
+        (
+            "[client.adaptive]\nmissing_key = \"reject\"\n",
+            "client.adaptive.missing_key",
+        ),
+        (
+            "[client.hedge]\nbudget = { ratio = 0.1 }\n",
+            "client.hedge.budget",
+        ),
+        (
+            "[client.hedge]\nbudget = { unlimited = true, burst = 3 }\n",
+            "client.hedge.budget.unlimited",
+        ),
+        (
+            "[client.hedge]\nhedge_paths = [\"x\"]\n",
+            "client.hedge.hedge_paths",
+        ),
+    ];
+    for (text, key) in builder.iter().chain(cross) {
+        let e = err(text);
+        assert_eq!(e.kind(), ConfigErrorKind::Invalid, "{text}: {e}");
+        assert_eq!(e.key(), Some(*key), "{text}: {e}");
+        assert!(e.line().is_some(), "{text}: {e}");
+    }
+    for text in [
+        "[client.hedge]\ndelay = \"q95\"\n",
+        "[client.hedge]\ndelay = \"p100\"\n",
+        "[server.adaptive]\nalgorithm = \"cubic\"\n",
+        "[server.adaptive]\nwindow = { min = \"1s\", max = \"1s\" }\n",
+    ] {
+        let e = err(text);
+        assert!(e.line() == Some(2), "{text}: {e}");
+    }
+    let e = err("[client.hedge]\nmax_hegdes = 2\n");
+    assert_eq!(e.kind(), ConfigErrorKind::UnknownKey);
+    assert_eq!(e.line(), Some(2));
 }

@@ -12,13 +12,13 @@ use tower_service::Service;
 use super::part::{slot, BuildContext, Part};
 use super::{Handles, StackError};
 
-/// The client preset: **total timeout → retry → breaker → per-try timeout → bulkhead → chaos →
-/// transport** (see the [module docs](super) for why).
+/// The client preset: **total timeout → hedge → retry → breaker → adaptive → per-try timeout →
+/// bulkhead → chaos → transport** (see the [module docs](super) for why).
 ///
 /// [`ClientStack::tonic`] starts a builder for a tonic `Channel`: the stack's errors become
-/// `tonic::Status` (outermost `StatusLayer`) and the retry layer's replayable request body is turned
-/// back into tonic's body before the channel, so the result is a tonic transport. [`ClientStack::builder`]
-/// starts one for any other `Service<http::Request<_>>` (a hyper client, say).
+/// `tonic::Status` (outermost `StatusLayer`) and the hedge and retry layers' replayable request bodies
+/// are turned back into tonic's body below retry, so the result is a tonic transport.
+/// [`ClientStack::builder`] starts one for any other `Service<http::Request<_>>` (a hyper client, say).
 ///
 /// ```
 /// # #[cfg(feature = "full")] {
@@ -43,18 +43,22 @@ use super::{Handles, StackError};
 pub struct ClientStack<
     O = Identity,
     T = Identity,
+    H = Identity,
     R = Identity,
     A = Identity,
     C = Identity,
+    L = Identity,
     P = Identity,
     B = Identity,
     X = Identity,
 > {
     outer: O,
     total_timeout: T,
+    hedge: H,
     retry: R,
     adapt: A,
     breaker: C,
+    adaptive: L,
     per_try_timeout: P,
     bulkhead: B,
     chaos: X,
@@ -73,9 +77,11 @@ impl ClientStack {
             audit: None,
             outer: Identity::new(),
             total_timeout: Identity::new(),
+            hedge: Identity::new(),
             retry: Identity::new(),
             adapt: Identity::new(),
             breaker: Identity::new(),
+            adaptive: Identity::new(),
             per_try_timeout: Identity::new(),
             bulkhead: Identity::new(),
             chaos: Identity::new(),
@@ -89,6 +95,7 @@ impl ClientStack {
         crate::rescue::grpc::StatusLayer,
         Identity,
         Identity,
+        Identity,
         ToBodyLayer<TonicBody>,
     > {
         ClientStack::builder()
@@ -97,22 +104,24 @@ impl ClientStack {
     }
 }
 
-impl<O, T, R, A, C, P, B, X> ClientStack<O, T, R, A, C, P, B, X> {
+impl<O, T, H, R, A, C, L, P, B, X> ClientStack<O, T, H, R, A, C, L, P, B, X> {
     /// The handles of every layer in the stack, and the shared health and audit.
     pub fn handles(&self) -> &Handles {
         &self.handles
     }
 }
 
-impl<S, O, T, R, A, C, P, B, X> Layer<S> for ClientStack<O, T, R, A, C, P, B, X>
+impl<S, O, T, H, R, A, C, L, P, B, X> Layer<S> for ClientStack<O, T, H, R, A, C, L, P, B, X>
 where
     X: Layer<S>,
     B: Layer<X::Service>,
     P: Layer<B::Service>,
-    C: Layer<P::Service>,
+    L: Layer<P::Service>,
+    C: Layer<L::Service>,
     A: Layer<C::Service>,
     R: Layer<A::Service>,
-    T: Layer<R::Service>,
+    H: Layer<R::Service>,
+    T: Layer<H::Service>,
     O: Layer<T::Service>,
 {
     type Service = O::Service;
@@ -121,9 +130,11 @@ where
         let svc = self.chaos.layer(inner);
         let svc = self.bulkhead.layer(svc);
         let svc = self.per_try_timeout.layer(svc);
+        let svc = self.adaptive.layer(svc);
         let svc = self.breaker.layer(svc);
         let svc = self.adapt.layer(svc);
         let svc = self.retry.layer(svc);
+        let svc = self.hedge.layer(svc);
         let svc = self.total_timeout.layer(svc);
         self.outer.layer(svc)
     }
@@ -134,9 +145,11 @@ where
 pub struct ClientStackBuilder<
     O = Identity,
     T = Identity,
+    H = Identity,
     R = Identity,
     A = Identity,
     C = Identity,
+    L = Identity,
     P = Identity,
     B = Identity,
     X = Identity,
@@ -145,15 +158,17 @@ pub struct ClientStackBuilder<
     audit: Option<Audit>,
     outer: O,
     total_timeout: T,
+    hedge: H,
     retry: R,
     adapt: A,
     breaker: C,
+    adaptive: L,
     per_try_timeout: P,
     bulkhead: B,
     chaos: X,
 }
 
-impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
+impl<O, T, H, R, A, C, L, P, B, X> ClientStackBuilder<O, T, H, R, A, C, L, P, B, X> {
     /// The health handle every layer registers with (default: a fresh one).
     pub fn health(mut self, health: &Health) -> Self {
         self.health = Some(health.clone());
@@ -167,16 +182,17 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     }
 
     /// The outermost layer, already built: `StatusLayer` for tonic ([`ClientStack::tonic`] sets it).
-    pub fn outer<N>(self, part: N) -> ClientStackBuilder<N, T, R, A, C, P, B, X> {
+    pub fn outer<N>(self, part: N) -> ClientStackBuilder<N, T, H, R, A, C, L, P, B, X> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: part,
             total_timeout: self.total_timeout,
+            hedge: self.hedge,
             retry: self.retry,
             adapt: self.adapt,
             breaker: self.breaker,
+            adaptive: self.adaptive,
             per_try_timeout: self.per_try_timeout,
             bulkhead: self.bulkhead,
             chaos: self.chaos,
@@ -187,16 +203,42 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     pub fn total_timeout<N: Part<slot::TotalTimeout>>(
         self,
         part: N,
-    ) -> ClientStackBuilder<O, N, R, A, C, P, B, X> {
+    ) -> ClientStackBuilder<O, N, H, R, A, C, L, P, B, X> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: self.outer,
             total_timeout: part,
+            hedge: self.hedge,
             retry: self.retry,
             adapt: self.adapt,
             breaker: self.breaker,
+            adaptive: self.adaptive,
+            per_try_timeout: self.per_try_timeout,
+            bulkhead: self.bulkhead,
+            chaos: self.chaos,
+        }
+    }
+
+    /// Hedging, outside retry: a `palisade::hedge::HedgeLayer::builder()` (or a [`Toggle`](super::Toggle)
+    /// of one; an [`OwnSignal`](super::OwnSignal) keeps the builder's own `may_hedge` signal). With a
+    /// breaker slot, no hedge is sent unless the breaker is closed. The layers below receive the
+    /// hedge's replayable body ([`HedgeBody`](palisade_hedge::HedgeBody)); [`ClientStack::tonic`]
+    /// turns it back into tonic's body below retry.
+    pub fn hedge<N: Part<slot::Hedge>>(
+        self,
+        part: N,
+    ) -> ClientStackBuilder<O, T, N, R, A, C, L, P, B, X> {
+        ClientStackBuilder {
+            health: self.health,
+            audit: self.audit,
+            outer: self.outer,
+            total_timeout: self.total_timeout,
+            hedge: part,
+            retry: self.retry,
+            adapt: self.adapt,
+            breaker: self.breaker,
+            adaptive: self.adaptive,
             per_try_timeout: self.per_try_timeout,
             bulkhead: self.bulkhead,
             chaos: self.chaos,
@@ -207,16 +249,17 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     pub fn retry<N: Part<slot::Retry>>(
         self,
         part: N,
-    ) -> ClientStackBuilder<O, T, N, A, C, P, B, X> {
+    ) -> ClientStackBuilder<O, T, H, N, A, C, L, P, B, X> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: self.outer,
             total_timeout: self.total_timeout,
+            hedge: self.hedge,
             retry: part,
             adapt: self.adapt,
             breaker: self.breaker,
+            adaptive: self.adaptive,
             per_try_timeout: self.per_try_timeout,
             bulkhead: self.bulkhead,
             chaos: self.chaos,
@@ -224,16 +267,17 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     }
 
     /// A layer right below retry that turns its replayable body into the body the transport takes ([`ClientStack::tonic`] sets it to a [`ToBodyLayer`] of `TonicBody`).
-    pub fn adapt_body<N>(self, part: N) -> ClientStackBuilder<O, T, R, N, C, P, B, X> {
+    pub fn adapt_body<N>(self, part: N) -> ClientStackBuilder<O, T, H, R, N, C, L, P, B, X> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: self.outer,
             total_timeout: self.total_timeout,
+            hedge: self.hedge,
             retry: self.retry,
             adapt: part,
             breaker: self.breaker,
+            adaptive: self.adaptive,
             per_try_timeout: self.per_try_timeout,
             bulkhead: self.bulkhead,
             chaos: self.chaos,
@@ -244,16 +288,40 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     pub fn breaker<N: Part<slot::Breaker>>(
         self,
         part: N,
-    ) -> ClientStackBuilder<O, T, R, A, N, P, B, X> {
+    ) -> ClientStackBuilder<O, T, H, R, A, N, L, P, B, X> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: self.outer,
             total_timeout: self.total_timeout,
+            hedge: self.hedge,
             retry: self.retry,
             adapt: self.adapt,
             breaker: part,
+            adaptive: self.adaptive,
+            per_try_timeout: self.per_try_timeout,
+            bulkhead: self.bulkhead,
+            chaos: self.chaos,
+        }
+    }
+
+    /// The adaptive concurrency limit, inside the breaker and outside the per-try timeout (so a
+    /// timed-out attempt reaches it as `Elapsed`, a drop): a
+    /// `palisade::adaptive::AdaptiveLayer::builder()`, or a [`Toggle`](super::Toggle) of one.
+    pub fn adaptive<N: Part<slot::Adaptive>>(
+        self,
+        part: N,
+    ) -> ClientStackBuilder<O, T, H, R, A, C, N, P, B, X> {
+        ClientStackBuilder {
+            health: self.health,
+            audit: self.audit,
+            outer: self.outer,
+            total_timeout: self.total_timeout,
+            hedge: self.hedge,
+            retry: self.retry,
+            adapt: self.adapt,
+            breaker: self.breaker,
+            adaptive: part,
             per_try_timeout: self.per_try_timeout,
             bulkhead: self.bulkhead,
             chaos: self.chaos,
@@ -264,16 +332,17 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     pub fn per_try_timeout<N: Part<slot::PerTryTimeout>>(
         self,
         part: N,
-    ) -> ClientStackBuilder<O, T, R, A, C, N, B, X> {
+    ) -> ClientStackBuilder<O, T, H, R, A, C, L, N, B, X> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: self.outer,
             total_timeout: self.total_timeout,
+            hedge: self.hedge,
             retry: self.retry,
             adapt: self.adapt,
             breaker: self.breaker,
+            adaptive: self.adaptive,
             per_try_timeout: part,
             bulkhead: self.bulkhead,
             chaos: self.chaos,
@@ -284,16 +353,17 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     pub fn bulkhead<N: Part<slot::Bulkhead>>(
         self,
         part: N,
-    ) -> ClientStackBuilder<O, T, R, A, C, P, N, X> {
+    ) -> ClientStackBuilder<O, T, H, R, A, C, L, P, N, X> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: self.outer,
             total_timeout: self.total_timeout,
+            hedge: self.hedge,
             retry: self.retry,
             adapt: self.adapt,
             breaker: self.breaker,
+            adaptive: self.adaptive,
             per_try_timeout: self.per_try_timeout,
             bulkhead: part,
             chaos: self.chaos,
@@ -304,16 +374,17 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     pub fn chaos<N: Part<slot::Chaos>>(
         self,
         part: N,
-    ) -> ClientStackBuilder<O, T, R, A, C, P, B, N> {
+    ) -> ClientStackBuilder<O, T, H, R, A, C, L, P, B, N> {
         ClientStackBuilder {
             health: self.health,
             audit: self.audit,
-
             outer: self.outer,
             total_timeout: self.total_timeout,
+            hedge: self.hedge,
             retry: self.retry,
             adapt: self.adapt,
             breaker: self.breaker,
+            adaptive: self.adaptive,
             per_try_timeout: self.per_try_timeout,
             bulkhead: self.bulkhead,
             chaos: part,
@@ -321,16 +392,19 @@ impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X> {
     }
 }
 
-impl<O, T, R, A, C, P, B, X> ClientStackBuilder<O, T, R, A, C, P, B, X>
+impl<O, T, H, R, A, C, L, P, B, X> ClientStackBuilder<O, T, H, R, A, C, L, P, B, X>
 where
     T: Part<slot::TotalTimeout>,
+    H: Part<slot::Hedge>,
     R: Part<slot::Retry>,
     C: Part<slot::Breaker>,
+    L: Part<slot::Adaptive>,
     P: Part<slot::PerTryTimeout>,
     B: Part<slot::Bulkhead>,
     X: Part<slot::Chaos>,
 {
-    /// Gives every builder the shared health and audit, builds them in order, and collects their handles.
+    /// Gives every builder the shared health and audit, builds them (the hedge after the breaker, whose
+    /// state it reads), and collects their handles.
     ///
     /// # Errors
     ///
@@ -339,7 +413,18 @@ where
     pub fn build(
         self,
     ) -> Result<
-        ClientStack<O, T::Layer, R::Layer, A, C::Layer, P::Layer, B::Layer, X::Layer>,
+        ClientStack<
+            O,
+            T::Layer,
+            H::Layer,
+            R::Layer,
+            A,
+            C::Layer,
+            L::Layer,
+            P::Layer,
+            B::Layer,
+            X::Layer,
+        >,
         StackError,
     > {
         let mut cx = BuildContext::new(
@@ -349,16 +434,20 @@ where
         let total_timeout = self.total_timeout.build_part(&mut cx)?;
         let retry = self.retry.build_part(&mut cx)?;
         let breaker = self.breaker.build_part(&mut cx)?;
+        let adaptive = self.adaptive.build_part(&mut cx)?;
         let per_try_timeout = self.per_try_timeout.build_part(&mut cx)?;
         let bulkhead = self.bulkhead.build_part(&mut cx)?;
         let chaos = self.chaos.build_part(&mut cx)?;
+        let hedge = self.hedge.build_part(&mut cx)?;
         tracing::debug!(target: "palisade::stack", handles = ?cx.handles, "client stack built");
         Ok(ClientStack {
             outer: self.outer,
             total_timeout,
+            hedge,
             retry,
             adapt: self.adapt,
             breaker,
+            adaptive,
             per_try_timeout,
             bulkhead,
             chaos,

@@ -1,18 +1,22 @@
 //! The presets: the whole stack in the right order, sharing one [`Health`] and one [`Audit`].
 //!
 //! - [`ServerStack`] — for axum and hyper servers:
-//!   **rescue → gate → rate limit → bulkhead → timeout → fallback → breaker → chaos → handler**.
+//!   **rescue → gate → rate limit → bulkhead → adaptive → timeout → fallback → breaker → chaos →
+//!   handler**.
 //!   Its service is `Error = Infallible`, so it goes straight into `axum::Router::layer`.
 //!   Idempotency is per route (it needs to know which routes create things): build it with
 //!   [`ServerStack::idempotency`] (which wraps it in the stack's rescue) and put it on those routes with
 //!   `route_layer`.
 //! - [`ClientStack`] — for tonic channels and hyper clients:
-//!   **total timeout → retry → breaker → per-try timeout → bulkhead → chaos → transport**; with
+//!   **total timeout → hedge → retry → breaker → adaptive → per-try timeout → bulkhead → chaos →
+//!   transport**; with
 //!   [`ClientStack::tonic`], errors become `tonic::Status` and the stack is a tonic transport.
 //!
 //! Every slot is optional and takes the layer's own builder; the stack hands each builder the shared
 //! `Health` and `Audit`, builds it, and keeps its handle in [`Handles`] for admin endpoints. A slot given
-//! `Option<builder>` (what a config file produces) is a [`Maybe`]: present or absent at run time.
+//! `Option<builder>` is a [`Maybe`]: present or absent at run time. For the adaptive limit and hedging,
+//! which keep the response type, prefer [`Toggle::new`]`(option)`: the same choice without doubling the
+//! stack's type names (what a config file uses).
 //!
 //! ## Why this order (server)
 //!
@@ -23,6 +27,9 @@
 //!   flood from one tenant is refused at the cheapest point.
 //! - **bulkhead** before the timeout: time spent queueing for a slot counts against the request's own
 //!   deadline only once it runs — the queue has its own `max_wait`.
+//! - **adaptive** (the adaptive concurrency limit) inside the bulkhead — the fixed cap, and its queue if
+//!   waiting is wanted, stay in front — and outside the timeout, so a request that times out reaches it
+//!   as `Elapsed`, a drop that lowers the limit, rather than as a fast RTT.
 //! - **timeout** outside fallback and breaker: a slow handler's elapsed request is a failure the breaker
 //!   never sees as a success, and fallback can answer for it within the deadline.
 //! - **fallback** outside the breaker, so an open circuit (and anything below it) is served by the
@@ -34,10 +41,14 @@
 //!
 //! ## Why this order (client)
 //!
-//! The total timeout bounds everything the caller waits for, retries and backoff included; retry sits
-//! outside the breaker so each attempt asks the breaker (an open circuit fails the attempt fast and the
-//! retry policy decides); the per-try timeout bounds one attempt; the bulkhead caps calls in flight to the
-//! backend; chaos is next to the transport so a fault looks like the network failing.
+//! The total timeout bounds everything the caller waits for, hedges, retries and backoff included; the
+//! hedge sits outside retry, so each hedged attempt is retried on its own and a hedge is not spent on a
+//! failure retry handles; when the stack has a breaker, no hedge is sent unless it is closed (the hedge's
+//! `may_hedge` signal is wired to it). Retry sits outside the breaker so each attempt asks the breaker
+//! (an open circuit fails the attempt fast and the retry policy decides); the adaptive limit inside the
+//! breaker and outside the per-try timeout learns from attempts, a timed-out attempt being a drop; the
+//! per-try timeout bounds one attempt; the bulkhead caps calls in flight to the backend; chaos is next
+//! to the transport so a fault looks like the network failing.
 //!
 //! ```
 //! use palisade::audit::Audit;
@@ -80,6 +91,8 @@ mod client;
 mod maybe;
 mod part;
 mod server;
+mod signals;
+mod toggle;
 
 use std::error::Error;
 use std::fmt;
@@ -93,6 +106,8 @@ use palisade_core::BoxError;
 pub use client::TonicBody;
 pub use client::{ClientStack, ClientStackBuilder, ConvertBody, ToBody, ToBodyLayer};
 pub use maybe::{Maybe, MaybeBody, MaybeFuture, MaybeService};
+#[cfg(feature = "adaptive")]
+pub use part::AdaptiveSlot;
 #[cfg(feature = "breaker")]
 pub use part::BreakerSlot;
 #[cfg(feature = "bulkhead")]
@@ -101,10 +116,13 @@ pub use part::BulkheadSlot;
 pub use part::ChaosSlot;
 #[cfg(feature = "fallback")]
 pub use part::FallbackBuild;
+#[cfg(feature = "hedge")]
+pub use part::OwnSignal;
 #[cfg(feature = "timeout")]
 pub use part::TimeoutSlot;
 pub use part::{slot, BuildContext, Part};
 pub use server::{Rescued, ServerStack, ServerStackBuilder};
+pub use toggle::{Passthrough, Toggle, ToggleFuture, ToggleService};
 
 use crate::ops::StatusRegistry;
 
@@ -164,6 +182,10 @@ pub struct Handles {
     pub(crate) chaos: Option<palisade_chaos::ChaosHandle>,
     #[cfg(feature = "retry")]
     pub(crate) retry: Option<palisade_retry::RetryHandle>,
+    #[cfg(feature = "adaptive")]
+    pub(crate) adaptive: Option<palisade_adaptive::AdaptiveHandle>,
+    #[cfg(feature = "hedge")]
+    pub(crate) hedge: Option<palisade_hedge::HedgeHandle>,
 }
 
 impl Handles {
@@ -187,6 +209,10 @@ impl Handles {
             chaos: None,
             #[cfg(feature = "retry")]
             retry: None,
+            #[cfg(feature = "adaptive")]
+            adaptive: None,
+            #[cfg(feature = "hedge")]
+            hedge: None,
         }
     }
 
@@ -252,6 +278,18 @@ impl Handles {
         self.retry.as_ref()
     }
 
+    /// The adaptive concurrency limit's handle: limit, in flight, drops, partitions.
+    #[cfg(feature = "adaptive")]
+    pub fn adaptive(&self) -> Option<&palisade_adaptive::AdaptiveHandle> {
+        self.adaptive.as_ref()
+    }
+
+    /// The hedge layer's handle: hedges sent and won, budget.
+    #[cfg(feature = "hedge")]
+    pub fn hedge(&self) -> Option<&palisade_hedge::HedgeHandle> {
+        self.hedge.as_ref()
+    }
+
     /// Registers every handle that reports status (and the shared health and audit) in `registry`
     /// under `prefix` (e.g. `"server."`), for [`StatusEndpoint`](crate::ops::StatusEndpoint).
     pub fn register_status(&self, registry: &StatusRegistry, prefix: &str) {
@@ -269,9 +307,17 @@ impl Handles {
         if let Some(h) = &self.bulkhead {
             registry.register(format!("{prefix}bulkhead"), h.clone());
         }
+        #[cfg(feature = "adaptive")]
+        if let Some(h) = &self.adaptive {
+            registry.register(format!("{prefix}adaptive"), h.clone());
+        }
         #[cfg(feature = "breaker")]
         if let Some(h) = &self.breaker {
             registry.register(format!("{prefix}breaker"), h.clone());
+        }
+        #[cfg(feature = "hedge")]
+        if let Some(h) = &self.hedge {
+            registry.register(format!("{prefix}hedge"), h.clone());
         }
     }
 }

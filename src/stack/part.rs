@@ -47,6 +47,10 @@ pub mod slot {
         Retry => "retry";
         /// The timeout of each attempt (client).
         PerTryTimeout => "per_try_timeout";
+        /// The adaptive concurrency limit (server and client).
+        Adaptive => "adaptive";
+        /// Hedged requests (client).
+        Hedge => "hedge";
     }
 }
 
@@ -337,6 +341,102 @@ where
             .build()
             .map_err(err::<slot::Retry, _>)?;
         cx.handles.retry = Some(layer.handle());
+        Ok(layer)
+    }
+}
+
+#[cfg(feature = "adaptive")]
+impl<K, C, S> Part<S> for palisade_adaptive::Builder<K, C>
+where
+    S: slot::Slot + AdaptiveSlot,
+{
+    type Layer = palisade_adaptive::AdaptiveLayer<K, C>;
+
+    fn build_part(self, cx: &mut BuildContext) -> Result<Self::Layer, StackError> {
+        let layer = self
+            .health(&cx.health)
+            .audit(&cx.audit)
+            .build()
+            .map_err(err::<S, _>)?;
+        cx.handles.adaptive = Some(layer.handle());
+        Ok(layer)
+    }
+}
+
+/// The slots an adaptive concurrency limit may fill.
+#[cfg(feature = "adaptive")]
+pub trait AdaptiveSlot {}
+#[cfg(feature = "adaptive")]
+impl AdaptiveSlot for slot::Adaptive {}
+
+/// The stack's own "may hedge" signal: the stack's circuit breaker (if any) is closed and its
+/// degradation gate (if any) is at `normal`. `None` when the stack has neither.
+#[cfg(feature = "hedge")]
+fn stack_may_hedge(handles: &Handles) -> Option<impl Fn() -> bool + Send + Sync + 'static> {
+    #[cfg(feature = "breaker")]
+    let breaker = handles.breaker.clone();
+    #[cfg(feature = "degrade")]
+    let gate = handles.gate.clone();
+    let any = false;
+    #[cfg(feature = "breaker")]
+    let any = any || breaker.is_some();
+    #[cfg(feature = "degrade")]
+    let any = any || gate.is_some();
+    let _ = handles;
+    any.then_some(move || {
+        #[cfg(feature = "breaker")]
+        if breaker
+            .as_ref()
+            .is_some_and(|b| b.state() != palisade_breaker::CircuitState::Closed)
+        {
+            return false;
+        }
+        #[cfg(feature = "degrade")]
+        if gate
+            .as_ref()
+            .is_some_and(|g| g.level() != palisade_degrade::Level::Normal)
+        {
+            return false;
+        }
+        true
+    })
+}
+
+/// Hedging in a stack: the stack gives the builder its audit log and, when the stack has a circuit
+/// breaker or a degradation gate, sets its [`may_hedge`](palisade_hedge::HedgeBuilder::may_hedge)
+/// signal to "the breaker is closed and the gate is at `normal`" (replacing a signal set on the
+/// builder; wrap the builder in [`OwnSignal`] to keep yours). The breaker is built first, whatever
+/// the slot order.
+#[cfg(feature = "hedge")]
+impl<C: Send + Sync + 'static> Part<slot::Hedge> for palisade_hedge::HedgeBuilder<C> {
+    type Layer = palisade_hedge::HedgeLayer<C>;
+
+    fn build_part(self, cx: &mut BuildContext) -> Result<Self::Layer, StackError> {
+        let builder = match stack_may_hedge(&cx.handles) {
+            Some(signal) => self.may_hedge(signal),
+            None => self,
+        };
+        OwnSignal(builder).build_part(cx)
+    }
+}
+
+/// A hedge builder whose own [`may_hedge`](palisade_hedge::HedgeBuilder::may_hedge) signal (or none)
+/// the stack keeps: the stack does not wire its breaker and gate into it.
+#[cfg(feature = "hedge")]
+#[derive(Debug)]
+pub struct OwnSignal<B>(pub B);
+
+#[cfg(feature = "hedge")]
+impl<C: Send + Sync + 'static> Part<slot::Hedge> for OwnSignal<palisade_hedge::HedgeBuilder<C>> {
+    type Layer = palisade_hedge::HedgeLayer<C>;
+
+    fn build_part(self, cx: &mut BuildContext) -> Result<Self::Layer, StackError> {
+        let layer = self
+            .0
+            .audit(&cx.audit)
+            .build()
+            .map_err(err::<slot::Hedge, _>)?;
+        cx.handles.hedge = Some(layer.handle());
         Ok(layer)
     }
 }

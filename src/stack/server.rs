@@ -8,8 +8,8 @@ use super::part::{slot, BuildContext, Part};
 use super::{Handles, StackError};
 use crate::rescue::{Rescue, RescueLayer};
 
-/// The server preset: **rescue → gate → rate limit → bulkhead → timeout → fallback → breaker → chaos →
-/// handler** (see the [module docs](super) for why). A `Layer` whose service is `Error = Infallible`.
+/// The server preset: **rescue → gate → rate limit → bulkhead → adaptive → timeout → fallback →
+/// breaker → chaos → handler** (see the [module docs](super) for why). A `Layer` whose service is `Error = Infallible`.
 ///
 /// Build it with [`ServerStack::builder`]; every slot is optional.
 #[derive(Debug, Clone)]
@@ -17,6 +17,7 @@ pub struct ServerStack<
     G = Identity,
     R = Identity,
     B = Identity,
+    A = Identity,
     T = Identity,
     F = Identity,
     C = Identity,
@@ -26,6 +27,7 @@ pub struct ServerStack<
     gate: G,
     rate_limit: R,
     bulkhead: B,
+    adaptive: A,
     timeout: T,
     fallback: F,
     breaker: C,
@@ -44,6 +46,7 @@ impl ServerStack {
             gate: Identity::new(),
             rate_limit: Identity::new(),
             bulkhead: Identity::new(),
+            adaptive: Identity::new(),
             timeout: Identity::new(),
             fallback: Identity::new(),
             breaker: Identity::new(),
@@ -52,7 +55,7 @@ impl ServerStack {
     }
 }
 
-impl<G, R, B, T, F, C, X> ServerStack<G, R, B, T, F, C, X> {
+impl<G, R, B, A, T, F, C, X> ServerStack<G, R, B, A, T, F, C, X> {
     /// The handles of every layer in the stack, and the shared health and audit.
     pub fn handles(&self) -> &Handles {
         &self.handles
@@ -114,13 +117,14 @@ impl<S, L: Layer<S>> Layer<S> for Rescued<L> {
     }
 }
 
-impl<S, G, R, B, T, F, C, X> Layer<S> for ServerStack<G, R, B, T, F, C, X>
+impl<S, G, R, B, A, T, F, C, X> Layer<S> for ServerStack<G, R, B, A, T, F, C, X>
 where
     X: Layer<S>,
     C: Layer<X::Service>,
     F: Layer<C::Service>,
     T: Layer<F::Service>,
-    B: Layer<T::Service>,
+    A: Layer<T::Service>,
+    B: Layer<A::Service>,
     R: Layer<B::Service>,
     G: Layer<R::Service>,
 {
@@ -131,6 +135,7 @@ where
         let svc = self.breaker.layer(svc);
         let svc = self.fallback.layer(svc);
         let svc = self.timeout.layer(svc);
+        let svc = self.adaptive.layer(svc);
         let svc = self.bulkhead.layer(svc);
         let svc = self.rate_limit.layer(svc);
         let svc = self.gate.layer(svc);
@@ -144,6 +149,7 @@ pub struct ServerStackBuilder<
     G = Identity,
     R = Identity,
     B = Identity,
+    A = Identity,
     T = Identity,
     F = Identity,
     C = Identity,
@@ -155,13 +161,14 @@ pub struct ServerStackBuilder<
     gate: G,
     rate_limit: R,
     bulkhead: B,
+    adaptive: A,
     timeout: T,
     fallback: F,
     breaker: C,
     chaos: X,
 }
 
-impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
+impl<G, R, B, A, T, F, C, X> ServerStackBuilder<G, R, B, A, T, F, C, X> {
     /// The health handle every layer registers with (default: a fresh one).
     pub fn health(mut self, health: &Health) -> Self {
         self.health = Some(health.clone());
@@ -181,7 +188,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     }
 
     /// The degradation gate: a `palisade::degrade::GateLayer::builder()`.
-    pub fn gate<N: Part<slot::Gate>>(self, part: N) -> ServerStackBuilder<N, R, B, T, F, C, X> {
+    pub fn gate<N: Part<slot::Gate>>(self, part: N) -> ServerStackBuilder<N, R, B, A, T, F, C, X> {
         ServerStackBuilder {
             health: self.health,
             audit: self.audit,
@@ -189,6 +196,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
             gate: part,
             rate_limit: self.rate_limit,
             bulkhead: self.bulkhead,
+            adaptive: self.adaptive,
             timeout: self.timeout,
             fallback: self.fallback,
             breaker: self.breaker,
@@ -200,7 +208,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     pub fn rate_limit<N: Part<slot::RateLimit>>(
         self,
         part: N,
-    ) -> ServerStackBuilder<G, N, B, T, F, C, X> {
+    ) -> ServerStackBuilder<G, N, B, A, T, F, C, X> {
         ServerStackBuilder {
             health: self.health,
             audit: self.audit,
@@ -208,6 +216,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
             gate: self.gate,
             rate_limit: part,
             bulkhead: self.bulkhead,
+            adaptive: self.adaptive,
             timeout: self.timeout,
             fallback: self.fallback,
             breaker: self.breaker,
@@ -219,7 +228,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     pub fn bulkhead<N: Part<slot::Bulkhead>>(
         self,
         part: N,
-    ) -> ServerStackBuilder<G, R, N, T, F, C, X> {
+    ) -> ServerStackBuilder<G, R, N, A, T, F, C, X> {
         ServerStackBuilder {
             health: self.health,
             audit: self.audit,
@@ -227,6 +236,29 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
             gate: self.gate,
             rate_limit: self.rate_limit,
             bulkhead: part,
+            adaptive: self.adaptive,
+            timeout: self.timeout,
+            fallback: self.fallback,
+            breaker: self.breaker,
+            chaos: self.chaos,
+        }
+    }
+
+    /// The adaptive concurrency limit, inside the bulkhead and outside the timeout (so a timed-out
+    /// request reaches it as `Elapsed`, a drop): a `palisade::adaptive::AdaptiveLayer::builder()`, or
+    /// a [`Toggle`](super::Toggle) of one.
+    pub fn adaptive<N: Part<slot::Adaptive>>(
+        self,
+        part: N,
+    ) -> ServerStackBuilder<G, R, B, N, T, F, C, X> {
+        ServerStackBuilder {
+            health: self.health,
+            audit: self.audit,
+            rescue: self.rescue,
+            gate: self.gate,
+            rate_limit: self.rate_limit,
+            bulkhead: self.bulkhead,
+            adaptive: part,
             timeout: self.timeout,
             fallback: self.fallback,
             breaker: self.breaker,
@@ -238,7 +270,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     pub fn timeout<N: Part<slot::Timeout>>(
         self,
         part: N,
-    ) -> ServerStackBuilder<G, R, B, N, F, C, X> {
+    ) -> ServerStackBuilder<G, R, B, A, N, F, C, X> {
         ServerStackBuilder {
             health: self.health,
             audit: self.audit,
@@ -246,6 +278,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
             gate: self.gate,
             rate_limit: self.rate_limit,
             bulkhead: self.bulkhead,
+            adaptive: self.adaptive,
             timeout: part,
             fallback: self.fallback,
             breaker: self.breaker,
@@ -257,7 +290,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     pub fn fallback<N: Part<slot::Fallback>>(
         self,
         part: N,
-    ) -> ServerStackBuilder<G, R, B, T, N, C, X> {
+    ) -> ServerStackBuilder<G, R, B, A, T, N, C, X> {
         ServerStackBuilder {
             health: self.health,
             audit: self.audit,
@@ -265,6 +298,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
             gate: self.gate,
             rate_limit: self.rate_limit,
             bulkhead: self.bulkhead,
+            adaptive: self.adaptive,
             timeout: self.timeout,
             fallback: part,
             breaker: self.breaker,
@@ -276,7 +310,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     pub fn breaker<N: Part<slot::Breaker>>(
         self,
         part: N,
-    ) -> ServerStackBuilder<G, R, B, T, F, N, X> {
+    ) -> ServerStackBuilder<G, R, B, A, T, F, N, X> {
         ServerStackBuilder {
             health: self.health,
             audit: self.audit,
@@ -284,6 +318,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
             gate: self.gate,
             rate_limit: self.rate_limit,
             bulkhead: self.bulkhead,
+            adaptive: self.adaptive,
             timeout: self.timeout,
             fallback: self.fallback,
             breaker: part,
@@ -292,7 +327,10 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     }
 
     /// Fault injection: a `palisade::chaos::ChaosLayer::builder()`.
-    pub fn chaos<N: Part<slot::Chaos>>(self, part: N) -> ServerStackBuilder<G, R, B, T, F, C, N> {
+    pub fn chaos<N: Part<slot::Chaos>>(
+        self,
+        part: N,
+    ) -> ServerStackBuilder<G, R, B, A, T, F, C, N> {
         ServerStackBuilder {
             health: self.health,
             audit: self.audit,
@@ -300,6 +338,7 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
             gate: self.gate,
             rate_limit: self.rate_limit,
             bulkhead: self.bulkhead,
+            adaptive: self.adaptive,
             timeout: self.timeout,
             fallback: self.fallback,
             breaker: self.breaker,
@@ -308,11 +347,12 @@ impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X> {
     }
 }
 
-impl<G, R, B, T, F, C, X> ServerStackBuilder<G, R, B, T, F, C, X>
+impl<G, R, B, A, T, F, C, X> ServerStackBuilder<G, R, B, A, T, F, C, X>
 where
     G: Part<slot::Gate>,
     R: Part<slot::RateLimit>,
     B: Part<slot::Bulkhead>,
+    A: Part<slot::Adaptive>,
     T: Part<slot::Timeout>,
     F: Part<slot::Fallback>,
     C: Part<slot::Breaker>,
@@ -327,7 +367,7 @@ where
     pub fn build(
         self,
     ) -> Result<
-        ServerStack<G::Layer, R::Layer, B::Layer, T::Layer, F::Layer, C::Layer, X::Layer>,
+        ServerStack<G::Layer, R::Layer, B::Layer, A::Layer, T::Layer, F::Layer, C::Layer, X::Layer>,
         StackError,
     > {
         let mut cx = BuildContext::new(
@@ -337,6 +377,7 @@ where
         let gate = self.gate.build_part(&mut cx)?;
         let rate_limit = self.rate_limit.build_part(&mut cx)?;
         let bulkhead = self.bulkhead.build_part(&mut cx)?;
+        let adaptive = self.adaptive.build_part(&mut cx)?;
         let timeout = self.timeout.build_part(&mut cx)?;
         let fallback = self.fallback.build_part(&mut cx)?;
         let breaker = self.breaker.build_part(&mut cx)?;
@@ -347,6 +388,7 @@ where
             gate,
             rate_limit,
             bulkhead,
+            adaptive,
             timeout,
             fallback,
             breaker,
