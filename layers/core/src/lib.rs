@@ -40,6 +40,7 @@ pub mod grpc;
 pub mod health;
 pub mod key;
 pub mod keymap;
+pub mod repeat;
 pub mod rng;
 pub mod signal;
 mod time;

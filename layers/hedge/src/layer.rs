@@ -75,15 +75,7 @@ impl<C> Shared<C> {
     /// method, an `Idempotency-Key` header, or the user's predicate.
     #[inline]
     pub(crate) fn is_hedgeable(&self, parts: &http::request::Parts) -> bool {
-        use http::Method;
-        let m = &parts.method;
-        *m == Method::GET
-            || *m == Method::HEAD
-            || *m == Method::PUT
-            || *m == Method::DELETE
-            || *m == Method::OPTIONS
-            || *m == Method::TRACE
-            || parts.headers.contains_key("idempotency-key")
+        palisade_core::repeat::is_safe_to_repeat(parts)
             || self.hedge_if.as_ref().is_some_and(|p| p(parts))
     }
 

@@ -94,15 +94,7 @@ impl<C, R> Shared<C, R> {
     /// Whether an HTTP request may be retried: an idempotent method, an `Idempotency-Key`, or the
     /// user's predicate.
     pub(crate) fn is_retryable(&self, parts: &http::request::Parts) -> bool {
-        use http::Method;
-        let m = &parts.method;
-        *m == Method::GET
-            || *m == Method::HEAD
-            || *m == Method::PUT
-            || *m == Method::DELETE
-            || *m == Method::OPTIONS
-            || *m == Method::TRACE
-            || parts.headers.contains_key("idempotency-key")
+        palisade_core::repeat::is_safe_to_repeat(parts)
             || self.retry_if.as_ref().is_some_and(|p| p(parts))
     }
 }
