@@ -8,6 +8,9 @@
 //! - [`detect`]: what counts as an anomaly — small deterministic state machines over `(value, time)`
 //!   samples, with no clock of their own, each verdict carrying its evidence (detector, signal, value,
 //!   threshold, window) for the audit log.
+//! - [`supervisor`]: what the control plane does about it — rules (trigger, confirmation, ordered
+//!   actions, restore criteria) stepped tick by tick in DRY-RUN, ACTIVE or DISABLED mode, with action
+//!   budgets, containment and blast-radius limits, escalation, and one audit record per decision.
 //!
 //! Health tiers (shallow / deep / comprehensive checks and their aggregation) live on palisade-core's
 //! [`Health`](palisade_core::health::Health), which every layer already shares.
@@ -15,3 +18,4 @@
 
 pub mod detect;
 pub mod signals;
+pub mod supervisor;
