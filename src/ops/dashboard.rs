@@ -467,8 +467,13 @@ struct History {
     times: VecDeque<u64>,
     series: BTreeMap<String, VecDeque<Option<f64>>>,
     /// Counter readings for per-second rates: series name → (time, value).
+    #[cfg_attr(
+        not(any(feature = "ratelimit", feature = "bulkhead", feature = "degrade")),
+        allow(dead_code)
+    )]
     counters: BTreeMap<String, (u64, f64)>,
     /// Gate levels and when the dashboard first saw each: stack → (level, since).
+    #[cfg_attr(not(feature = "degrade"), allow(dead_code))]
     gate_since: BTreeMap<String, (&'static str, u64)>,
 }
 
@@ -529,6 +534,10 @@ impl History {
 
     /// The per-second rate of a counter since its last reading (`None` at the first reading, or
     /// when the counter went down: a reset).
+    #[cfg_attr(
+        not(any(feature = "ratelimit", feature = "bulkhead", feature = "degrade")),
+        allow(dead_code)
+    )]
     fn rate(&mut self, name: String, at: u64, value: f64) -> Option<f64> {
         let prev = self.counters.insert(name, (at, value));
         let (t0, v0) = prev?;
