@@ -841,10 +841,10 @@ async fn clones_and_layers_share_one_recorder() {
 
 // --- A claim that stalls ---
 
-/// Sleeps a plain (non-runtime) test thread: the stall tests block threads on purpose.
-#[allow(clippy::disallowed_methods)] // no runtime thread here
-fn nap(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
+/// Gives the other test threads the CPU (the stall tests wait on each other on purpose; no clock is
+/// involved: the recorder is driven with explicit instants).
+fn nap() {
+    std::thread::yield_now();
 }
 
 /// A flag a stalled claimer waits on, and one it raises once it is stalled.
@@ -864,7 +864,7 @@ impl Stall {
             if k == ring && stall.armed.swap(false, SeqCst) {
                 stall.stalled.store(true, SeqCst);
                 while !stall.release.load(SeqCst) {
-                    nap(1);
+                    nap();
                 }
             }
         }));
@@ -876,7 +876,7 @@ impl Stall {
 
     fn wait_stalled(&self) {
         while !self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
-            nap(1);
+            nap();
         }
     }
 
@@ -887,14 +887,24 @@ impl Stall {
 }
 
 /// Runs `claimer` on a thread until it stalls in its move, then `racer` on another for a while
-/// (long past any bounded wait), then lets the claimer finish.
+/// (once it has started, 100,000 yields of this thread: far past the 128 spins and yields a bounded
+/// wait would allow it), then lets the claimer finish.
 fn race_a_stalled_claim(stall: &Stall, claimer: impl FnOnce() + Send, racer: impl FnOnce() + Send) {
+    let started = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         stall.arm();
         let a = s.spawn(claimer);
         stall.wait_stalled();
-        let b = s.spawn(racer);
-        nap(200);
+        let b = s.spawn(|| {
+            started.store(true, std::sync::atomic::Ordering::SeqCst);
+            racer();
+        });
+        while !started.load(std::sync::atomic::Ordering::SeqCst) {
+            nap();
+        }
+        for _ in 0..100_000 {
+            nap();
+        }
         stall.release();
         a.join().unwrap();
         b.join().unwrap();
