@@ -70,6 +70,19 @@ fn present(d: &DetectorConfig) -> Vec<&'static str> {
     keys
 }
 
+/// Calls each builder setter whose config key (a field of the same name) is set.
+macro_rules! set {
+    ($b:expr, $d:expr; $($key:ident),+) => {{
+        let mut b = $b;
+        $(
+            if let Some(v) = $d.$key {
+                b = b.$key(v);
+            }
+        )+
+        b
+    }};
+}
+
 /// Applies the guards every builder shares.
 macro_rules! guards {
     ($b:expr, $d:expr) => {{
@@ -141,83 +154,23 @@ fn build(d: &DetectorConfig) -> Result<Box<dyn Detector>, BuildError> {
             Box::new(guards!(b, d).build()?)
         }
         DetectorKind::MeanSigma => {
-            let mut b = MeanSigma::builder(signal);
-            if let Some(n) = d.window {
-                b = b.window(n);
-            }
-            if let Some(k) = d.k {
-                b = b.k(k);
-            }
-            if let Some(s) = d.min_spread {
-                b = b.min_spread(s);
-            }
-            if let Some(f) = d.min_relative_spread {
-                b = b.min_relative_spread(f);
-            }
+            let b = set!(MeanSigma::builder(signal), d; window, k, min_spread, min_relative_spread);
             Box::new(guards!(b, d).build()?)
         }
         DetectorKind::Ewma => {
-            let mut b = Ewma::builder(signal);
-            if let Some(a) = d.alpha {
-                b = b.alpha(a);
-            }
-            if let Some(k) = d.k {
-                b = b.k(k);
-            }
-            if let Some(s) = d.min_spread {
-                b = b.min_spread(s);
-            }
-            if let Some(f) = d.min_relative_spread {
-                b = b.min_relative_spread(f);
-            }
+            let b = set!(Ewma::builder(signal), d; alpha, k, min_spread, min_relative_spread);
             Box::new(guards!(b, d).build()?)
         }
         DetectorKind::Iqr => {
-            let mut b = Iqr::builder(signal);
-            if let Some(n) = d.window {
-                b = b.window(n);
-            }
-            if let Some(f) = d.fence {
-                b = b.fence(f);
-            }
-            if let Some(s) = d.min_spread {
-                b = b.min_spread(s);
-            }
-            if let Some(f) = d.min_relative_spread {
-                b = b.min_relative_spread(f);
-            }
+            let b = set!(Iqr::builder(signal), d; window, fence, min_spread, min_relative_spread);
             Box::new(guards!(b, d).build()?)
         }
         DetectorKind::MedianMad => {
-            let mut b = MedianMad::builder(signal);
-            if let Some(n) = d.window {
-                b = b.window(n);
-            }
-            if let Some(k) = d.k {
-                b = b.k(k);
-            }
-            if let Some(s) = d.min_spread {
-                b = b.min_spread(s);
-            }
-            if let Some(f) = d.min_relative_spread {
-                b = b.min_relative_spread(f);
-            }
+            let b = set!(MedianMad::builder(signal), d; window, k, min_spread, min_relative_spread);
             Box::new(guards!(b, d).build()?)
         }
         DetectorKind::RateOfChange => {
-            let mut b = RateOfChange::builder(signal);
-            if let Some(f) = d.drop {
-                b = b.drop(f);
-            }
-            if let Some(f) = d.rise {
-                b = b.rise(f);
-            }
-            if let Some(t) = d.over {
-                b = b.over(t);
-            }
-            if let Some(n) = d.resolution {
-                b = b.resolution(n);
-            }
+            let b = set!(RateOfChange::builder(signal), d; drop, rise, over, resolution);
             Box::new(guards!(b, d).build()?)
         }
     })
